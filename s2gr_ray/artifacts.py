@@ -1,0 +1,150 @@
+"""Run-directory layout and manifests (DESIGN.md convention 2: stages talk through artifacts).
+
+    RUN/manifest.json                 prepare manifest: counts, split sizes, config hash   (① ④)
+    RUN/items.parquet                 item_id (1..N), raw_id, title, text, category
+    RUN/interactions.parquet          user_id (1..U), raw_user, item_id, position
+    RUN/sequences/{train,valid,test}/part-NNNNN.parquet
+                                      user_id, history list<int32> (item ids, oldest first, <= max_history),
+                                      target int32, history_len int32 (full history length before truncation)
+    RUN/embeddings/embeddings.npy     float32 [N, d]; row i is item_id i + 1                (②)
+    RUN/tokenizer/                    codebooks, item -> SID table, coarse clusters, report  (③)
+    RUN/train/                        Ray Train storage: checkpoints, TensorBoard            (⑤ ⑥)
+    RUN/metrics.json                  final metrics of `s2gr run`
+
+Every artifact folder holds a ``manifest.json`` with its kind, a hash of the config sections that built it,
+the hashes of the upstream artifacts it was built from, and row counts. A later stage refuses an artifact whose
+upstream hash does not match (sequences from dataset A never meet a tokenizer fitted on dataset B).
+Writes are atomic: a stage writes into a temporary sibling folder and renames it into place.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+MANIFEST = "manifest.json"
+SPLITS = ("train", "valid", "test")
+
+
+class ArtifactError(RuntimeError):
+    """An artifact is missing, incomplete, or was built from different upstream artifacts."""
+
+
+def data_dir(run: Path) -> Path:
+    return Path(run)
+
+
+def sequences_dir(run: Path, split: str) -> Path:
+    return Path(run) / "sequences" / split
+
+
+def embeddings_dir(run: Path) -> Path:
+    return Path(run) / "embeddings"
+
+
+def tokenizer_dir(run: Path) -> Path:
+    return Path(run) / "tokenizer"
+
+
+def train_dir(run: Path) -> Path:
+    return Path(run) / "train"
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write JSON atomically (temporary file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        json.dump(obj, fh, indent=2, sort_keys=False, default=_json_default)
+        fh.write("\n")
+    os.replace(tmp, path)
+
+
+def _json_default(obj: Any) -> Any:
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serializable: {type(obj).__name__}")
+
+
+def read_json(path: Path) -> Any:
+    path = Path(path)
+    if not path.exists():
+        raise ArtifactError(f"{path} does not exist")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ArtifactError(f"{path} is not valid JSON ({exc}); the artifact is damaged: rebuild it") from None
+
+
+def file_hash(*paths: Path) -> str:
+    h = hashlib.sha256()
+    for p in paths:
+        with open(p, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def write_manifest(folder: Path, kind: str, config_hash: str, upstream: dict[str, str] | None = None,
+                   **extra: Any) -> dict[str, Any]:
+    """Write ``folder/manifest.json``; its own ``hash`` is derived from kind, config hash and upstream."""
+    upstream = dict(upstream or {})
+    ident = json.dumps({"kind": kind, "config": config_hash, "upstream": upstream, "extra": extra},
+                       sort_keys=True, default=_json_default)
+    manifest = {"kind": kind, "hash": hashlib.sha256(ident.encode()).hexdigest()[:16],
+                "config_hash": config_hash, "upstream": upstream, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                **extra}
+    write_json(Path(folder) / MANIFEST, manifest)
+    return manifest
+
+
+def read_manifest(folder: Path, kind: str) -> dict[str, Any]:
+    path = Path(folder) / MANIFEST
+    if not path.exists():
+        raise ArtifactError(f"no {kind} artifact in {folder} ({MANIFEST} missing); run the stage that builds it "
+                            f"first (s2gr {_STAGE_OF.get(kind, kind)} ... --out {Path(folder).parent})")
+    manifest = read_json(path)
+    if manifest.get("kind") != kind:
+        raise ArtifactError(f"{path} describes a {manifest.get('kind')!r} artifact, expected {kind!r}")
+    return manifest
+
+
+_STAGE_OF = {"data": "prepare", "embeddings": "embed", "tokenizer": "tokenize", "model": "train"}
+
+
+def check_upstream(manifest: dict[str, Any], name: str, expected_hash: str, where: Path) -> None:
+    """Refuse an artifact built from another upstream artifact than the one at hand."""
+    got = manifest.get("upstream", {}).get(name)
+    if got != expected_hash:
+        raise ArtifactError(
+            f"{where} was built from {name} {got}, but the {name} artifact here is {expected_hash}; "
+            f"rebuild {where} from the current {name} (or point at the matching run directory)")
+
+
+@contextlib.contextmanager
+def atomic_dir(target: Path) -> Iterator[Path]:
+    """Yield a temporary sibling folder; on success it replaces ``target``, on error it is removed."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if target.exists():
+        old = target.with_name(f".{target.name}.old-{os.getpid()}")
+        os.replace(target, old)
+        os.replace(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, target)

