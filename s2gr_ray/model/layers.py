@@ -1,0 +1,187 @@
+"""T5-style transformer blocks with a KV cache (S2GR.md "Stage B — the model").
+
+Pre-norm blocks (RMSNorm, no biases, as T5), attention through ``F.scaled_dot_product_attention`` with
+``num_heads x d_head`` that may differ from ``d_model`` (T5: 6 x 64 with d_model 128). Positions are NOT handled
+here: the model adds learned position embeddings to the inputs (see s2gr.py).
+
+Shape legend: B users, K beams per user (the decoder batch is B*K, K = 1 in training), n new decoder positions
+in one step, S cached decoder positions, M encoder positions (T history items x L_total levels), D d_model,
+H heads, E d_head.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class RMSNorm(nn.Module):
+    """T5 layer norm: scale only, no mean subtraction, no bias."""
+
+    def __init__(self, dim: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        var = x.float().pow(2).mean(-1, keepdim=True)
+        return (x.float() * torch.rsqrt(var + self.eps)).to(x.dtype) * self.weight
+
+
+class FeedForward(nn.Module):
+    """D -> d_ff -> D with GELU (T5's dense-act-dense)."""
+
+    def __init__(self, d_model: int, d_ff: int, dropout: float) -> None:
+        super().__init__()
+        self.wi = nn.Linear(d_model, d_ff, bias=False)
+        self.wo = nn.Linear(d_ff, d_model, bias=False)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.wo(self.drop(F.gelu(self.wi(x))))
+
+
+class Attention(nn.Module):
+    """Multi-head attention with separate q / kv projections so K/V can be cached or precomputed."""
+
+    def __init__(self, d_model: int, num_heads: int, d_head: int, dropout: float) -> None:
+        super().__init__()
+        self.h, self.e = num_heads, d_head
+        self.q = nn.Linear(d_model, num_heads * d_head, bias=False)
+        self.k = nn.Linear(d_model, num_heads * d_head, bias=False)
+        self.v = nn.Linear(d_model, num_heads * d_head, bias=False)
+        self.o = nn.Linear(num_heads * d_head, d_model, bias=False)
+        self.dropout = dropout
+
+    def _split(self, x: Tensor) -> Tensor:  # [N, S, H*E] -> [N, H, S, E]
+        return x.view(x.size(0), x.size(1), self.h, self.e).transpose(1, 2)
+
+    def project_kv(self, src: Tensor) -> tuple[Tensor, Tensor]:
+        return self._split(self.k(src)), self._split(self.v(src))
+
+    def attend(self, q_in: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+        """q_in [N, n, D] (unprojected), k/v [N, H, S, E], mask broadcastable to [N, H, n, S] (True = attend)."""
+        q = self._split(self.q(q_in))
+        p = self.dropout if self.training else 0.0
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+        return self.o(out.transpose(1, 2).reshape(q_in.size(0), q_in.size(1), self.h * self.e))
+
+    def attend_beams(self, q_in: Tensor, k: Tensor, v: Tensor, mask: Tensor, beams: int) -> Tensor:
+        """Cross-attention of B*K beam rows against per-user memory k/v [B, H, M, E] without copying it.
+
+        Beams of one user are folded into extra query positions (queries never interact in attention), so the
+        encoder memory is never expanded to the beam width.
+        """
+        bk, n, _ = q_in.shape
+        b = bk // beams
+        q = self.q(q_in).view(b, beams * n, self.h, self.e).transpose(1, 2)  # [B, H, K*n, E]
+        p = self.dropout if self.training else 0.0
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)  # [B, H, K*n, E]
+        return self.o(out.transpose(1, 2).reshape(bk, n, self.h * self.e))
+
+
+class EncoderLayer(nn.Module):
+    def __init__(self, d_model: int, num_heads: int, d_head: int, d_ff: int, dropout: float) -> None:
+        super().__init__()
+        self.norm1, self.norm2 = RMSNorm(d_model), RMSNorm(d_model)
+        self.attn = Attention(d_model, num_heads, d_head, dropout)
+        self.ffn = FeedForward(d_model, d_ff, dropout)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, mask: Tensor) -> Tensor:
+        """x [B, M, D]; mask [B, 1, 1, M] True = real key."""
+        h = self.norm1(x)
+        k, v = self.attn.project_kv(h)
+        x = x + self.drop(self.attn.attend(h, k, v, mask))
+        return x + self.drop(self.ffn(self.norm2(x)))
+
+
+class DecoderCache:
+    """Per-layer self-attention K/V of the decoded prefix + precomputed cross-attention K/V of the memory.
+
+    self_k / self_v: [B*K, H, S, E] per layer (grow by n per step; autograd flows through them in training).
+    cross_k / cross_v: [B, H, M, E] per layer, computed once per user and shared by all of the user's beams.
+    """
+
+    def __init__(self, cross_k: list[Tensor], cross_v: list[Tensor], memory_mask: Tensor) -> None:
+        self.cross_k, self.cross_v = cross_k, cross_v
+        self.cross_mask = memory_mask[:, None, None, :]  # [B, 1, 1, M]
+        self.self_k: list[Tensor | None] = [None] * len(cross_k)
+        self.self_v: list[Tensor | None] = [None] * len(cross_k)
+        self.beams = 1
+        self.length = 0
+
+    @property
+    def batch(self) -> int:
+        return self.cross_mask.size(0)
+
+    def reorder(self, index: Tensor, beams: int) -> None:
+        """Keep rows ``index`` [B*K_new] of the B*K beam rows (parents of the new beams), now ``beams`` per user."""
+        self.self_k = [k.index_select(0, index) for k in self.self_k]  # type: ignore[union-attr]
+        self.self_v = [v.index_select(0, index) for v in self.self_v]  # type: ignore[union-attr]
+        self.beams = beams
+
+
+class DecoderLayer(nn.Module):
+    """Causal self-attention (optional) + cross-attention to the encoder memory + FFN, all pre-norm."""
+
+    def __init__(self, d_model: int, num_heads: int, d_head: int, d_ff: int, dropout: float,
+                 self_attention: bool = True) -> None:
+        super().__init__()
+        self.self_attn = Attention(d_model, num_heads, d_head, dropout) if self_attention else None
+        self.norm1 = RMSNorm(d_model) if self_attention else None
+        self.norm2, self.norm3 = RMSNorm(d_model), RMSNorm(d_model)
+        self.cross_attn = Attention(d_model, num_heads, d_head, dropout)
+        self.ffn = FeedForward(d_model, d_ff, dropout)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, cache: DecoderCache, i: int) -> Tensor:
+        """x [B*K, n, D] new positions; appends their K/V to ``cache`` layer ``i``; causal inside the step."""
+        if self.self_attn is not None:
+            h = self.norm1(x)  # type: ignore[misc]
+            k, v = self.self_attn.project_kv(h)
+            if cache.self_k[i] is not None:
+                k = torch.cat([cache.self_k[i], k], dim=2)  # type: ignore[list-item]
+                v = torch.cat([cache.self_v[i], v], dim=2)  # type: ignore[list-item]
+            cache.self_k[i], cache.self_v[i] = k, v
+            n, s = x.size(1), k.size(2)
+            mask = None
+            if n > 1:  # query j (absolute position s-n+j) sees keys 0..s-n+j
+                mask = torch.arange(s, device=x.device)[None, :] <= torch.arange(s - n, s, device=x.device)[:, None]
+            x = x + self.drop(self.self_attn.attend(h, k, v, mask))
+        h = self.norm2(x)
+        if cache.beams == 1:
+            a = self.cross_attn.attend(h, cache.cross_k[i], cache.cross_v[i], cache.cross_mask)
+        else:
+            a = self.cross_attn.attend_beams(h, cache.cross_k[i], cache.cross_v[i], cache.cross_mask, cache.beams)
+        x = x + self.drop(a)
+        return x + self.drop(self.ffn(self.norm3(x)))
+
+
+class Decoder(nn.Module):
+    """Stack of decoder layers + final RMSNorm; incremental through a DecoderCache."""
+
+    def __init__(self, num_layers: int, d_model: int, num_heads: int, d_head: int, d_ff: int, dropout: float,
+                 self_attention: bool = True) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(DecoderLayer(d_model, num_heads, d_head, d_ff, dropout, self_attention)
+                                    for _ in range(num_layers))
+        self.final_norm = RMSNorm(d_model)
+        self.drop = nn.Dropout(dropout)
+
+    def new_cache(self, memory: Tensor, memory_mask: Tensor) -> DecoderCache:
+        """memory [B, M, D] (encoder output), memory_mask [B, M] True = real item token."""
+        ks, vs = [], []
+        for layer in self.layers:
+            k, v = layer.cross_attn.project_kv(memory)
+            ks.append(k)
+            vs.append(v)
+        return DecoderCache(ks, vs, memory_mask)
+
+    def forward(self, x: Tensor, cache: DecoderCache) -> Tensor:
+        """x [B*K, n, D] input embeddings (positions already added) -> final-normed hidden states [B*K, n, D]."""
+        x = self.drop(x)
+        for i, layer in enumerate(self.layers):
+            x = layer(x, cache, i)
+        cache.length += x.size(1)
+        return self.final_norm(x)
