@@ -48,12 +48,6 @@ def cmd_train(cfg: Config, out: Path) -> dict:
     return train_stage(cfg, out, log=log)
 
 
-def cmd_evaluate(cfg: Config, out: Path) -> dict:
-    from s2gr_ray.training.driver import evaluate_stage
-
-    return evaluate_stage(cfg, out, log=log)
-
-
 def cmd_run(cfg: Config, out: Path) -> dict:
     """prepare → embed → tokenize → train (+ evaluate): everything into one run directory."""
     t0 = time.time()
@@ -91,7 +85,6 @@ COMMANDS: dict[str, tuple[Callable[[Config, Path], dict], str]] = {
     "embed": (cmd_embed, "② item text embeddings (sentence-transformers or a precomputed file)"),
     "tokenize": (cmd_tokenize, "③ fit the SID tokenizer (CoBa RQ-VAE), coarse clusters, report"),
     "train": (cmd_train, "⑤ ⑥ Ray Data → Ray Train (DeepSpeed) training with validation and test metrics"),
-    "evaluate": (cmd_evaluate, "⑧ evaluate the best checkpoint of a run on validation and test"),
     "run": (cmd_run, "all stages end to end into --out, then metrics.json"),
 }
 
@@ -140,8 +133,6 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         args.out.mkdir(parents=True, exist_ok=True)
         result = COMMANDS[args.command][0](cfg, args.out)
-        if args.command in ("evaluate",):
-            _print_metrics(result)
         return 0
     except (ConfigError, ValueError, RuntimeError, FileNotFoundError) as exc:
         print(f"s2gr {args.command}: error: {exc}", file=sys.stderr)

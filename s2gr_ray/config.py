@@ -116,10 +116,14 @@ class TokenizerConfig:
     balance: bool = True
     balance_gamma: float = 1e-3
     balance_max_bias: float = 0.5
+    balance_at_assign: bool = True  # final assignment chooses codes with the trained bias too (assign.py)
     # Collisions: append one dedup code so every item has a unique SID
     dedup: bool = True
+    max_dedup: int = 256  # largest allowed group of items sharing one semantic SID (= dedup vocabulary)
     # Coarse clusters per level (the thinking targets)
     num_coarse: int = 16
+    kmeans_max_points: int = 65536  # k-means (codebook init, rqkmeans) fits on at most this many items; 0 = all
+    log_every: int = 20  # epochs between progress lines; 0 = silent
     device: str = "auto"
     seed: int = 0
 
@@ -159,6 +163,8 @@ class TrainConfig:
     num_workers: int = 1
     use_gpu: bool = False
     cpus_per_worker: float = 0.5
+    gpus_per_worker: float = 1.0  # with use_gpu
+    torch_threads: int = 0  # intra-op threads per worker; 0 = this node's cores / workers on it
     batch_size: int = 256  # global batch per optimizer step
     grad_accum_steps: int = 1
     lr: float = 1e-3
@@ -245,7 +251,7 @@ _POSITIVE = {
     "data.synthetic.num_sub_categories", "data.synthetic.min_length", "data.synthetic.max_length",
     "data.synthetic.embedding_dim", "embed.batch_size",
     "tokenizer.latent_dim", "tokenizer.epochs", "tokenizer.batch_size", "tokenizer.lr", "tokenizer.num_coarse",
-    "tokenizer.cooc_window",
+    "tokenizer.cooc_window", "tokenizer.max_dedup",
     "model.d_model", "model.num_heads", "model.d_head", "model.d_ff", "model.encoder_layers",
     "model.decoder_layers", "model.tau_align", "model.tau_infonce",
     "train.num_workers", "train.cpus_per_worker", "train.batch_size", "train.grad_accum_steps", "train.lr",
@@ -255,9 +261,10 @@ _POSITIVE = {
 _NON_NEGATIVE = {
     "data.kcore", "data.min_rating", "tokenizer.appnp_steps", "tokenizer.uniformity_margin",
     "tokenizer.uniformity_weight", "tokenizer.balance_gamma", "tokenizer.balance_max_bias",
-    "tokenizer.commitment_beta", "model.aux_decoder_layers", "model.n_think", "model.w_rec", "model.w_align",
+    "tokenizer.commitment_beta", "tokenizer.kmeans_max_points", "tokenizer.log_every",
+    "model.aux_decoder_layers", "model.n_think", "model.w_rec", "model.w_align",
     "model.w_infonce", "model.w_reg", "train.weight_decay", "train.warmup_steps", "train.grad_clip",
-    "train.patience", "train.max_failures", "train.max_steps_per_epoch", "eval.min_history_view",
+    "train.patience", "train.max_failures", "train.torch_threads", "train.gpus_per_worker", "train.max_steps_per_epoch", "eval.min_history_view",
     "eval.max_users", "ray.num_cpus",
 }
 _UNIT_INTERVAL = {"data.synthetic.stay_probability", "tokenizer.appnp_alpha", "model.dropout"}

@@ -130,9 +130,9 @@ def train_rqvae(x: torch.Tensor, target: torch.Tensor, cfg, *, use_balance: bool
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            totals["loss"] += float(loss)
-            totals["recon"] += float(recon)
-            totals["uniformity"] += float(uni)
+            totals["loss"] += loss.item()
+            totals["recon"] += recon.item()
+            totals["uniformity"] += float(uni.detach())
             steps += 1
         history = {k: v / max(steps, 1) for k, v in totals.items()}
         if cfg.log_every and (epoch % cfg.log_every == 0 or epoch == 1 or epoch == cfg.epochs):

@@ -1,0 +1,29 @@
+"""① Readers for the dataset formats beyond the sequence file (DESIGN.md ingestion ①).
+
+Each reader is ``read_X(cfg: DataConfig) -> RawDataset`` and is reached through
+``s2gr_ray.data.ingest.read_dataset`` (``data.format``):
+
+- ``tables``    — interactions parquet / CSV + items parquet / CSV / JSONL  (`tables.read_tables`)
+- ``amazon``    — the McAuley Amazon review + metadata dumps, 2014 / 2018 / 2023 (`amazon.read_amazon`)
+- ``movielens`` — ml-100k, ml-1m, ml-latest(-small) and the other CSV releases (`movielens.read_movielens`)
+
+Readers only parse: dense ids, k-core filtering and chronological sorting happen once, in
+``s2gr_ray.data.prepare.normalize``.
+"""
+from __future__ import annotations
+
+__all__ = ["read_amazon", "read_movielens", "read_tables"]
+
+
+def __getattr__(name: str):
+    # Lazy, so importing one reader does not import the others.
+    if name == "read_tables":
+        from s2gr_ray.data.formats.tables import read_tables
+        return read_tables
+    if name == "read_amazon":
+        from s2gr_ray.data.formats.amazon import read_amazon
+        return read_amazon
+    if name == "read_movielens":
+        from s2gr_ray.data.formats.movielens import read_movielens
+        return read_movielens
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,308 @@
+"""① ``data.format=tables``: an interactions table + an items table (parquet, CSV / TSV, or items JSONL).
+
+Interactions: columns ``data.user_column``, ``data.item_column`` and, optionally, ``data.time_column`` (numbers,
+ISO-8601 text, or a parquet timestamp / date). Without a time column the file order is the order. Items: the id
+column ``data.item_column`` plus any text columns; ``data.text_fields`` later picks the ones to embed.
+
+Ids are kept as the file spells them (CSV ids are read as text, so ``007`` stays ``007``; integer parquet ids
+become their decimal text). Rows are numbered 1-based after the header in error messages; for CSV the file line
+is that number + 1. Also home of the CSV helpers the other readers share (`read_csv_table`, `require_file`).
+"""
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from s2gr_ray.config import DataConfig
+from s2gr_ray.data.ingest import DataError, RawDataset, category_text, read_items_jsonl
+
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+# --------------------------------------------------------------------------------------------- file helpers
+def require_file(path: Path, key: str) -> Path:
+    """Raise a DataError naming the config key and the files that are there when ``path`` is missing."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    folder = path.parent
+    present = sorted(p.name for p in folder.iterdir())[:20] if folder.is_dir() else []
+    listing = f" (files in {folder}: {', '.join(present) or 'none'})" if folder.is_dir() else ""
+    raise DataError(f"{path}: file not found{listing}; set {key}=<file name> or data.path to the right folder")
+
+
+def table_kind(path: Path) -> str:
+    """parquet | csv | jsonl, from the file name (compression suffix ignored) or parquet's magic bytes."""
+    name = path.name.lower()
+    for suffix in (".gz", ".bz2"):
+        name = name.removesuffix(suffix)
+    if name.endswith((".parquet", ".pq", ".parq")):
+        return "parquet"
+    if name.endswith((".jsonl", ".ndjson", ".json")):
+        return "jsonl"
+    if name.endswith((".csv", ".tsv", ".txt")):
+        return "csv"
+    with open(path, "rb") as fh:
+        if fh.read(4) == b"PAR1":
+            return "parquet"
+    raise DataError(f"{path}: cannot tell the format from the file name; name it *.parquet, *.csv, *.tsv or "
+                    "*.jsonl (optionally .gz)")
+
+
+def _open_binary(path: Path):
+    with open(path, "rb") as fh:
+        magic = fh.read(2)
+    return gzip.open(path, "rb") if magic == _GZIP_MAGIC else open(path, "rb")
+
+
+def _arrow_stream(path: Path):
+    """A pyarrow input stream that un-gzips by content, not by file name."""
+    with open(path, "rb") as fh:
+        magic = fh.read(2)
+    raw = pa.OSFile(str(path))
+    return pa.CompressedInputStream(raw, "gzip") if magic == _GZIP_MAGIC else raw
+
+
+def _delimiter(path: Path) -> str:
+    return "\t" if path.name.lower().removesuffix(".gz").endswith(".tsv") else ","
+
+
+def csv_header(path: Path, delimiter: str) -> list[str]:
+    """Column names from the first line (strict UTF-8, BOM dropped)."""
+    with _open_binary(path) as fh:
+        first = fh.readline()
+    try:
+        text = first.decode("utf-8").lstrip("\ufeff")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}:1: header is not valid UTF-8 ({exc.reason}); re-encode the file as UTF-8") from None
+    if not text.strip():
+        raise DataError(f"{path}:1: empty file or empty header line; the first line must name the columns")
+    return next(csv.reader(io.StringIO(text), delimiter=delimiter))
+
+
+def _locate_csv_problem(path: Path, delimiter: str, num_columns: int) -> str | None:
+    """Error path only: rescan the file in Python to find the first non-UTF-8 line or wrong field count."""
+    bad: list[tuple[int, str]] = []
+
+    def lines():
+        with _open_binary(path) as fh:
+            for lineno, raw in enumerate(fh, start=1):
+                try:
+                    yield raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    bad.append((lineno, exc.reason))
+                    return
+
+    reader = csv.reader(lines(), delimiter=delimiter)
+    for row in reader:
+        if reader.line_num > 1 and row and len(row) != num_columns:
+            return (f"{path}:{reader.line_num}: expected {num_columns} fields (as in the header), found "
+                    f"{len(row)}; fix the line or quote fields that hold the delimiter")
+    if bad:
+        return f"{path}:{bad[0][0]}: not valid UTF-8 ({bad[0][1]}); re-encode the file as UTF-8"
+    return None
+
+
+def check_columns(path: Path, present: list[str], wanted: list[str], keys: dict[str, str]) -> None:
+    for col in wanted:
+        if col not in present:
+            raise DataError(f"{path}: no column {col!r} (columns present: {', '.join(present)}); set "
+                            f"{keys.get(col, 'the column option')}=<column name>")
+
+
+def read_csv_table(path: Path, columns: list[str] | None, string_columns: list[str],
+                   keys: dict[str, str] | None = None, delimiter: str | None = None) -> pa.Table:
+    """Read (some columns of) a CSV with pyarrow; string_columns are kept as text; errors name the line."""
+    delimiter = delimiter or _delimiter(path)
+    header = csv_header(path, delimiter)
+    check_columns(path, header, list(columns or []) + list(string_columns), keys or {})
+    convert = pacsv.ConvertOptions(include_columns=columns, column_types={c: pa.string() for c in string_columns},
+                                   strings_can_be_null=False)
+    try:
+        table = pacsv.read_csv(_arrow_stream(path), parse_options=pacsv.ParseOptions(delimiter=delimiter),
+                               convert_options=convert)
+    except (pa.ArrowInvalid, pa.ArrowKeyError, OSError) as exc:
+        where = _locate_csv_problem(path, delimiter, len(header))
+        raise DataError(where or f"{path}: cannot read as CSV ({exc})") from None
+    for name in table.column_names:  # pyarrow infers binary for a text column that is not UTF-8
+        if pa.types.is_binary(table.column(name).type) or pa.types.is_large_binary(table.column(name).type):
+            where = _locate_csv_problem(path, delimiter, len(header))
+            raise DataError(where or f"{path}: column {name!r} is not valid UTF-8; re-encode the file as UTF-8")
+    return table
+
+
+def parquet_columns(path: Path) -> list[str]:
+    try:
+        return pq.read_schema(path).names
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise DataError(f"{path}: cannot read as parquet ({exc})") from None
+
+
+def read_parquet_table(path: Path, columns: list[str] | None, keys: dict[str, str]) -> pa.Table:
+    check_columns(path, parquet_columns(path), list(columns or []), keys)
+    try:
+        return pq.read_table(path, columns=columns)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise DataError(f"{path}: cannot read as parquet ({exc})") from None
+
+
+# -------------------------------------------------------------------------------------------- column helpers
+def _first(mask: pa.ChunkedArray | pa.Array) -> int | None:
+    hits = np.flatnonzero(pc.fill_null(mask, False).to_numpy(zero_copy_only=False))
+    return int(hits[0]) if len(hits) else None
+
+
+def _row(path: Path, index: int) -> str:
+    """'row 5 (line 6)' for CSV (header on line 1), 'row 5' for other tables; index is 0-based."""
+    return f"row {index + 1} (line {index + 2})" if table_kind(path) == "csv" else f"row {index + 1}"
+
+
+def ids_as_text(col: pa.ChunkedArray, path: Path, name: str) -> pa.ChunkedArray:
+    """An id column as non-empty text; a null / empty id raises naming the row."""
+    t = col.type
+    if pa.types.is_dictionary(t):
+        col, t = col.cast(t.value_type), t.value_type
+    if pa.types.is_floating(t):  # integer ids that went through a float column (pandas with NaN)
+        values = col.to_numpy(zero_copy_only=False)
+        finite = values[np.isfinite(values)]
+        if len(finite) and np.all(finite == np.round(finite)):
+            col, t = col.cast(pa.int64(), safe=False), pa.int64()
+    if pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_binary(t) or pa.types.is_large_binary(t):
+        try:
+            col = col.cast(pa.string())
+        except pa.ArrowInvalid:
+            raise DataError(f"{path}: column {name!r} holds bytes that are not valid UTF-8") from None
+    elif not (pa.types.is_string(t) or pa.types.is_large_string(t)):
+        raise DataError(f"{path}: column {name!r} has type {t}; ids must be text or integers")
+    bad = _first(pc.or_kleene(pc.is_null(col), pc.equal(col, "")))
+    if bad is not None:
+        raise DataError(f"{path}: {_row(path, bad)}: empty {name!r}; every row needs an id")
+    return col
+
+
+def orders_from_time(col: pa.ChunkedArray, path: Path, name: str) -> np.ndarray:
+    """A time column → int64 ordering key. Integers as is; parquet timestamps / dates in their own unit;
+    fractional floats ×1e6 (only the order matters); ISO-8601 text parsed. Nulls raise naming the row."""
+    bad = _first(pc.is_null(col))
+    if bad is not None:
+        raise DataError(f"{path}: {_row(path, bad)}: empty {name!r}; fill it or drop the time column "
+                        "(file order is used without one)")
+    t = col.type
+    if pa.types.is_integer(t):
+        return col.to_numpy().astype(np.int64)
+    if pa.types.is_floating(t):
+        values = col.to_numpy()
+        if not np.all(np.isfinite(values)):
+            raise DataError(f"{path}: {_row(path, int(np.flatnonzero(~np.isfinite(values))[0]))}: {name!r} is "
+                            "not a finite number")
+        if np.all(values == np.round(values)):
+            return values.astype(np.int64)
+        return np.round(values * 1e6).astype(np.int64)
+    if pa.types.is_date(t):
+        col, t = col.cast(pa.timestamp("s")), pa.timestamp("s")
+    if pa.types.is_timestamp(t):
+        return col.cast(pa.int64()).to_numpy().astype(np.int64)
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        try:
+            return col.cast(pa.timestamp("us")).cast(pa.int64()).to_numpy().astype(np.int64)
+        except pa.ArrowInvalid:
+            for i, value in enumerate(col.to_pylist()):
+                try:
+                    datetime.fromisoformat(value)
+                except ValueError:
+                    raise DataError(f"{path}: {_row(path, i)}: {name!r} = {value!r} is neither a number nor an "
+                                    "ISO-8601 time; write Unix seconds or YYYY-MM-DD[ HH:MM:SS]") from None
+            raise DataError(f"{path}: column {name!r}: mixed time formats; write Unix seconds") from None
+    raise DataError(f"{path}: column {name!r} has type {t}; a time column must hold numbers or times")
+
+
+def _text(field: str, value) -> str:
+    if value is None:
+        return ""
+    if field == "categories":
+        return category_text(value)
+    if isinstance(value, (list, tuple)):
+        return " ".join(str(v) for v in value if v is not None)
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return str(value)
+
+
+# ----------------------------------------------------------------------------------------------- items
+def read_items_table(path: Path, id_column: str) -> dict[str, dict[str, str]]:
+    """Items parquet / CSV / JSONL → raw item id → {field: text} in file order; duplicate ids raise."""
+    kind = table_kind(path)
+    keys = {id_column: "data.item_column"}
+    if kind == "jsonl":
+        return read_items_jsonl(path, id_field=id_column)
+    if kind == "csv":
+        header = csv_header(path, _delimiter(path))
+        check_columns(path, header, [id_column], keys)
+        table = read_csv_table(path, None, header, keys)
+    else:
+        check_columns(path, parquet_columns(path), [id_column], keys)
+        table = read_parquet_table(path, None, keys)
+    ids = ids_as_text(table.column(id_column), path, id_column).to_pylist()
+    fields = [c for c in table.column_names if c != id_column]
+    columns = {f: table.column(f).to_pylist() for f in fields}
+    out: dict[str, dict[str, str]] = {}
+    first_row: dict[str, int] = {}
+    for i, key in enumerate(ids):
+        if key in first_row:
+            raise DataError(f"{path}: duplicate item id {key!r} at {_row(path, first_row[key])} and "
+                            f"{_row(path, i)}; item ids must be unique")
+        first_row[key] = i
+        out[key] = {f: _text(f, columns[f][i]) for f in fields}
+    if not out:
+        raise DataError(f"{path}: no items found")
+    return out
+
+
+# -------------------------------------------------------------------------------------------- the reader
+def read_tables(cfg: DataConfig) -> RawDataset:
+    """Interactions at data.path/data.interactions_file (or data.path itself) + items at data.items_file."""
+    root = Path(cfg.path)
+    folder = root.parent if root.is_file() else root
+    inter_path = require_file(root if root.is_file() else root / cfg.interactions_file, "data.interactions_file")
+    items_path = require_file(folder / cfg.items_file, "data.items_file")
+    item_text = read_items_table(items_path, cfg.item_column)
+
+    kind = table_kind(inter_path)
+    keys = {cfg.user_column: "data.user_column", cfg.item_column: "data.item_column",
+            cfg.time_column: "data.time_column"}
+    if kind == "csv":
+        present = csv_header(inter_path, _delimiter(inter_path))
+    elif kind == "parquet":
+        present = parquet_columns(inter_path)
+    else:
+        raise DataError(f"{inter_path}: interactions must be parquet or CSV / TSV (got a JSON file name)")
+    has_time = bool(cfg.time_column) and cfg.time_column in present
+    columns = [cfg.user_column, cfg.item_column] + ([cfg.time_column] if has_time else [])
+    if kind == "csv":
+        table = read_csv_table(inter_path, columns, [cfg.user_column, cfg.item_column], keys)
+    else:
+        table = read_parquet_table(inter_path, columns, keys)
+    if table.num_rows == 0:
+        raise DataError(f"{inter_path}: no interactions found")
+    users = ids_as_text(table.column(cfg.user_column), inter_path, cfg.user_column)
+    items = ids_as_text(table.column(cfg.item_column), inter_path, cfg.item_column)
+    unknown = _first(pc.invert(pc.is_in(items, value_set=pa.array(list(item_text), pa.string()))))
+    if unknown is not None:
+        raise DataError(f"{inter_path}: {_row(inter_path, unknown)}: item {items[unknown].as_py()!r} is not in "
+                        f"{items_path}; add it to the items file or remove the interaction")
+    if has_time:
+        orders = orders_from_time(table.column(cfg.time_column), inter_path, cfg.time_column)
+    else:
+        orders = np.arange(table.num_rows, dtype=np.int64)
+    source = f"{inter_path} + {items_path}" + ("" if has_time else " (no time column: file order)")
+    return RawDataset(users.to_pylist(), items.to_pylist(), orders, item_text, source=source,
+                      sequences_are_final=False)

@@ -1,0 +1,155 @@
+"""⑤ ⑥ The training driver: Ray Data datasets + TorchTrainer (Ray Train V2) + the per-worker loop.
+
+`train_stage` checks the artifacts and the config before anything starts, builds the streaming datasets, runs
+the `TorchTrainer`, copies the exported best model into RUN/model/ and writes RUN/metrics.json. A rerun with the
+same `train.run_name` and storage path resumes from the latest checkpoint (Ray Train V2 restores the run).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from s2gr_ray import artifacts
+from s2gr_ray.config import Config
+from s2gr_ray.training import worker as worker_mod
+
+
+class TrainingError(RuntimeError):
+    """Training cannot start (bad artifacts or config) or failed."""
+
+
+def load_tokenizer_payload(run: Path, data_manifest: dict) -> tuple[dict[str, Any], dict]:
+    """The tokenizer arrays the workers need, after refusing a tokenizer built for another catalog."""
+    from s2gr_ray.tokenizer.sid import SIDTokenizer
+
+    folder = artifacts.tokenizer_dir(run)
+    manifest = artifacts.read_manifest(folder, "tokenizer")
+    artifacts.check_upstream(manifest, "data", data_manifest["hash"], folder)
+    tok = SIDTokenizer.load(folder)
+    if tok.num_items != data_manifest["num_items"]:
+        raise TrainingError(f"{folder} holds SIDs for {tok.num_items} items but the sequence shards in {run} "
+                            f"cover {data_manifest['num_items']}; re-run `s2gr tokenize` on this run")
+    payload = {
+        "sids": tok.sids.astype(np.int64),
+        "level_sizes": [int(s) for s in tok.level_sizes],
+        "num_semantic_levels": int(tok.num_semantic_levels),
+        "coarse_centres": [np.asarray(c, dtype=np.float32) for c in tok.coarse_centres],
+        "code_to_cluster": [np.asarray(m, dtype=np.int64) for m in tok.code_to_cluster],
+    }
+    return payload, manifest
+
+
+def model_signature(cfg: Config, tok: dict[str, Any], tokenizer_hash: str) -> dict[str, Any]:
+    """What a checkpoint must match to be loaded: model config, SID layout, tokenizer identity."""
+    return {"model": cfg.model.__dict__ | {}, "level_sizes": tok["level_sizes"],
+            "num_semantic_levels": tok["num_semantic_levels"], "max_history": cfg.data.max_history,
+            "tokenizer_hash": tokenizer_hash}
+
+
+def _check_resources(cfg: Config) -> None:
+    import ray
+
+    if cfg.train.use_gpu and not (cfg.ray.address or os.environ.get("RAY_ADDRESS")):
+        if ray.cluster_resources().get("GPU", 0) < cfg.train.num_workers * cfg.train.gpus_per_worker:
+            raise TrainingError(
+                f"train.use_gpu = true asks for {cfg.train.num_workers} GPU worker(s) but this local Ray has "
+                f"{ray.cluster_resources().get('GPU', 0):g} GPU(s); set train.use_gpu=false or run on a GPU cluster")
+
+
+def _tokenizer_scalars(report: dict) -> dict[str, float]:
+    out = {k: float(v) for k, v in report.items() if isinstance(v, (int, float))}
+    for lvl in report.get("levels", []):
+        for k, v in lvl.items():
+            if isinstance(v, (int, float)) and k != "level":
+                out[f"l{lvl.get('level')}_{k}"] = float(v)
+    return out
+
+
+def train_stage(cfg: Config, run: Path, log: Callable[[str], None] = print) -> dict:
+    import ray.train
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from s2gr_ray.training.data_pipeline import build_datasets
+    from s2gr_ray.training.ray_env import init_ray, worker_env
+
+    run = Path(run).resolve()
+    data_manifest = artifacts.read_manifest(run, "data")
+    tok, tok_manifest = load_tokenizer_payload(run, data_manifest)
+    if data_manifest.get("max_history") not in (None, cfg.data.max_history):
+        raise TrainingError(f"the shards in {run} were cut at max_history {data_manifest['max_history']} but "
+                            f"data.max_history = {cfg.data.max_history}; re-run prepare or match the setting")
+    init_ray(cfg.ray, cfg.train.use_gpu, log)
+    _check_resources(cfg)
+
+    max_rows = {"valid": cfg.eval.max_users, "test": cfg.eval.max_users} if cfg.eval.max_users else None
+    datasets = build_datasets(run, tok["sids"], cfg.data.max_history, max_rows=max_rows)
+    storage = cfg.train.storage_path or str(artifacts.train_dir(run))
+    if "://" not in storage:
+        storage = str(Path(storage).resolve())
+    report = artifacts.read_json(artifacts.tokenizer_dir(run) / "report.json") \
+        if (artifacts.tokenizer_dir(run) / "report.json").exists() else {}
+    tb_dir = str(run / "tensorboard" / cfg.train.run_name) if "://" not in storage else ""
+    loop_config = {
+        "cfg": cfg.to_dict(), "tokenizer": tok, "train_rows": data_manifest["splits"]["train"],
+        "signature": model_signature(cfg, tok, tok_manifest["hash"]), "tensorboard_dir": tb_dir,
+        "tokenizer_report": _tokenizer_scalars(report),
+    }
+    resources = {"CPU": cfg.train.cpus_per_worker}
+    if cfg.train.use_gpu:
+        resources["GPU"] = cfg.train.gpus_per_worker
+    trainer = TorchTrainer(
+        worker_mod.train_loop_per_worker,
+        train_loop_config=loop_config,
+        torch_config=TorchConfig(backend="nccl" if cfg.train.use_gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
+                                     resources_per_worker=resources),
+        run_config=RunConfig(
+            name=cfg.train.run_name, storage_path=storage,
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints,
+                                               checkpoint_score_attribute=f"valid/{cfg.train.monitor}",
+                                               checkpoint_score_order="max"),
+            failure_config=FailureConfig(max_failures=cfg.train.max_failures),
+            worker_runtime_env={"env_vars": worker_env(cfg.train.use_gpu)},
+        ),
+        datasets=datasets,
+    )
+    log(f"train: {cfg.train.num_workers} worker(s), engine {cfg.train.engine} (ZeRO-{cfg.train.zero_stage}), "
+        f"{data_manifest['splits']['train']:,} training examples, storage {storage}/{cfg.train.run_name}")
+    t0 = time.time()
+    try:
+        result = trainer.fit()
+    except Exception as exc:  # noqa: BLE001 - surface the worker's error with context
+        raise TrainingError(f"training failed: {exc}") from exc
+    metrics = result.metrics or {}
+    if not metrics.get("final"):
+        raise TrainingError(f"training ended without final metrics (last report: {metrics})")
+    model_dir = run / "model"
+    with result.checkpoint.as_directory() as d:
+        with artifacts.atomic_dir(model_dir) as tmp:
+            shutil.copy(Path(d) / worker_mod.MODEL_FILE, tmp / worker_mod.MODEL_FILE)
+            shutil.copy(Path(d) / "signature.json", tmp / "signature.json")
+            artifacts.write_manifest(tmp, "model", cfg.section_hash("model", "train"),
+                                     {"tokenizer": tok_manifest["hash"], "data": data_manifest["hash"]},
+                                     best_epoch=metrics.get("best_epoch"), checkpoint=str(result.checkpoint.path))
+    out = metrics_json(metrics, cfg, time.time() - t0)
+    artifacts.write_json(run / "metrics.json", out)
+    return out
+
+
+def metrics_json(metrics: dict, cfg: Config, seconds: float) -> dict:
+    """Ray's flat `split/metric` keys → {"valid": {...}, "test": {...}, "test_hist10": {...}, "train": {...}}."""
+    out: dict[str, Any] = {"valid": {}, "test": {}, "test_hist10": {}}
+    for k, v in metrics.items():
+        if "/" in k:
+            split, name = k.split("/", 1)
+            out.setdefault(split, {})[name] = v
+    out["train"] = {"best_epoch": metrics.get("best_epoch"), "epochs": metrics.get("epoch"),
+                    "steps": metrics.get("step"), "seconds": seconds}
+    out["valid"].pop("best", None)
+    return out

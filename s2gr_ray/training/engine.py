@@ -1,0 +1,200 @@
+"""⑥ Training engines behind one small interface: DeepSpeed (default) and plain DDP (for comparison).
+
+Everything DeepSpeed needs is derived from TrainConfig here, in one place (`deepspeed_config`); there is no
+hand-kept second JSON. Engines expose: `train_step(batch) -> terms`, `module` (the bare model), `lr`,
+`save(dir, client_state)`, `load(dir) -> client_state`, `state_dict_for_export()`.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from s2gr_ray.config import TrainConfig
+
+
+def resolve_precision(cfg: TrainConfig, use_cuda: bool) -> str:
+    if cfg.precision == "auto":
+        return "bf16" if use_cuda and cfg.engine == "deepspeed" else "fp32"
+    return cfg.precision
+
+
+def lr_lambda(cfg: TrainConfig, total_steps: int):
+    """Linear warmup, then cosine decay to 10% (or constant) — the schedule both engines share."""
+    warmup = max(0, cfg.warmup_steps)
+    total = max(total_steps, warmup + 1)
+
+    def fn(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if cfg.lr_schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return 0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return fn
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98), eps=1e-8)
+
+
+def deepspeed_config(cfg: TrainConfig, world_size: int, precision: str) -> dict[str, Any]:
+    """The DeepSpeed JSON, derived from our config (the only place it is built)."""
+    micro = cfg.batch_size // (world_size * cfg.grad_accum_steps)
+    return {
+        "train_batch_size": cfg.batch_size,
+        "train_micro_batch_size_per_gpu": micro,
+        "gradient_accumulation_steps": cfg.grad_accum_steps,
+        "gradient_clipping": cfg.grad_clip if cfg.grad_clip > 0 else 0.0,
+        "zero_optimization": {"stage": cfg.zero_stage},
+        "bf16": {"enabled": precision == "bf16"},
+        "fp16": {"enabled": False},
+        "zero_allow_untested_optimizer": True,
+        "steps_per_print": 1 << 30,
+        "wall_clock_breakdown": False,
+    }
+
+
+def micro_batch_size(cfg: TrainConfig, world_size: int) -> int:
+    return cfg.batch_size // (world_size * cfg.grad_accum_steps)
+
+
+def _forward(model, batch: dict[str, torch.Tensor]):
+    return model(batch["history"], batch["history_mask"], batch["target_sids"])
+
+
+class DeepSpeedEngine:
+    """DeepSpeed engine (ZeRO 0–3, fp32/bf16, accumulation, clipping, LR schedule)."""
+
+    def __init__(self, model: torch.nn.Module, cfg: TrainConfig, world_size: int, total_steps: int,
+                 device: torch.device):
+        import deepspeed
+
+        self.precision = resolve_precision(cfg, device.type == "cuda")
+        optimizer = make_optimizer(model, cfg)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total_steps))
+        self.ds_config = deepspeed_config(cfg, world_size, self.precision)
+        self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
+            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=self.ds_config,
+            dist_init_required=False)
+        self.device = device
+        self.zero_stage = cfg.zero_stage
+
+    @property
+    def module(self) -> torch.nn.Module:
+        return self.engine.module
+
+    @property
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    @property
+    def global_step(self) -> int:
+        return self.engine.global_steps
+
+    def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        self.engine.train()
+        out = _forward(self.engine, batch)
+        self.engine.backward(out.loss)
+        self.engine.step()
+        return {"loss": out.loss.detach(), **out.terms}
+
+    def save(self, folder: Path, client_state: dict) -> None:
+        self.engine.save_checkpoint(str(folder), tag="engine", client_state=client_state)
+
+    def load(self, folder: Path) -> dict:
+        _, client_state = self.engine.load_checkpoint(str(folder), tag="engine")
+        return client_state or {}
+
+    def state_dict_for_export(self) -> dict[str, torch.Tensor]:
+        """Full fp32 weights on CPU (gathered under ZeRO-3) for evaluation snapshots and the exported model."""
+        import deepspeed
+
+        params = list(self.module.parameters())
+        ctx = deepspeed.zero.GatheredParameters(params) if self.zero_stage == 3 else _null()
+        with ctx:
+            return {k: v.detach().float().cpu().clone() if v.is_floating_point() else v.detach().cpu().clone()
+                    for k, v in self.module.state_dict().items()}
+
+
+class DDPEngine:
+    """Plain torch DDP through Ray Train's prepare_model (fp32), same interface."""
+
+    def __init__(self, model: torch.nn.Module, cfg: TrainConfig, world_size: int, total_steps: int,
+                 device: torch.device):
+        from ray.train.torch import prepare_model
+
+        self.model = prepare_model(model, move_to_device=True)
+        self.optimizer = make_optimizer(self.model, cfg)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg, total_steps))
+        self.cfg = cfg
+        self.micro = 0
+        self.steps = 0
+        self.precision = "fp32"
+
+    @property
+    def module(self) -> torch.nn.Module:
+        return getattr(self.model, "module", self.model)
+
+    @property
+    def lr(self) -> float:
+        return self.optimizer.param_groups[0]["lr"]
+
+    @property
+    def global_step(self) -> int:
+        return self.steps
+
+    def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        self.model.train()
+        out = _forward(self.model, batch)
+        (out.loss / self.cfg.grad_accum_steps).backward()
+        self.micro += 1
+        if self.micro % self.cfg.grad_accum_steps == 0:
+            if self.cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scheduler.step()
+            self.steps += 1
+        return {"loss": out.loss.detach(), **out.terms}
+
+    def save(self, folder: Path, client_state: dict) -> None:
+        import torch.distributed as dist
+
+        if not dist.is_initialized() or dist.get_rank() == 0:
+            torch.save({"model": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
+                        "scheduler": self.scheduler.state_dict(), "steps": self.steps},
+                       Path(folder) / "ddp_engine.pt")
+
+    def load(self, folder: Path) -> dict:
+        state = torch.load(Path(folder) / "ddp_engine.pt", map_location="cpu", weights_only=True)
+        self.module.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.steps = int(state["steps"])
+        return {}
+
+    def state_dict_for_export(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().cpu().clone() for k, v in self.module.state_dict().items()}
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def make_engine(model, cfg: TrainConfig, world_size: int, total_steps: int, device: torch.device):
+    cls = DeepSpeedEngine if cfg.engine == "deepspeed" else DDPEngine
+    return cls(model, cfg, world_size, total_steps, device)

@@ -1,0 +1,45 @@
+"""Connecting to Ray: a cluster when RAY_ADDRESS / ray.address says so, else a local Ray started in-process."""
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+from s2gr_ray.config import RayConfig
+
+# Environment every Ray worker of ours needs (DeepSpeed on CPU nodes, quiet tokenizers, offline models).
+WORKER_ENV = {
+    "TOKENIZERS_PARALLELISM": "false",
+    "HF_HUB_OFFLINE": "1",
+    "PYTHONUNBUFFERED": "1",
+}
+
+
+def worker_env(use_gpu: bool) -> dict[str, str]:
+    env = dict(WORKER_ENV)
+    if not use_gpu:
+        env["DS_ACCELERATOR"] = "cpu"
+    for key in ("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "TORCH_EXTENSIONS_DIR", "S2GR_TEST_KILL_AT_STEP"):
+        if key in os.environ:
+            env[key] = os.environ[key]
+    return env
+
+
+def init_ray(cfg: RayConfig, use_gpu: bool = False, log: Callable[[str], None] = print) -> None:
+    """Start or connect to Ray once per process."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = cfg.address or os.environ.get("RAY_ADDRESS", "")
+    runtime_env = {"env_vars": worker_env(use_gpu)}
+    if address:
+        log(f"ray: connecting to {address}")
+        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+        return
+    kwargs = {}
+    if cfg.num_cpus:
+        kwargs["num_cpus"] = cfg.num_cpus
+    if cfg.temp_dir:
+        kwargs["_temp_dir"] = os.path.abspath(cfg.temp_dir)
+    log("ray: starting a local Ray in this process (set RAY_ADDRESS or ray.address=... to use a cluster)")
+    ray.init(runtime_env=runtime_env, include_dashboard=False, log_to_driver=True, **kwargs)

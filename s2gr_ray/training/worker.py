@@ -1,0 +1,233 @@
+"""⑥ The per-worker training loop run by Ray Train (one process per worker).
+
+Each epoch: stream this worker's disjoint shard of the training rows (Ray Data `get_dataset_shard`), step the
+engine, then validate on this worker's shard of the validation users through the constrained beam search; the
+metric sums are all-reduced once, so every rank takes the same early-stopping decision. Every rank saves its
+DeepSpeed shard and reports the checkpoint (Ray merges the shards). At the end the best weights are evaluated
+on the test split and reported with a checkpoint holding the exported model (`model.pt`, tensors only).
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+STATE_FILE = "train_state.json"
+BEST_FILE = "best_model.pt"
+MODEL_FILE = "model.pt"
+
+
+def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {
+        "history": batch["history"].to(device, torch.long),
+        "history_mask": batch["history_mask"].to(device, torch.bool),
+        "target_sids": batch["target_sids"].to(device, torch.long),
+        "target": batch["target"].to(device, torch.long),
+        "history_len": batch["history_len"].to(device, torch.long),
+    }
+
+
+def build_model(cfg, tok: dict[str, Any]):
+    from s2gr_ray.model.s2gr import S2GR
+
+    return S2GR(cfg.model, tok["level_sizes"], tok["num_semantic_levels"],
+                [torch.as_tensor(c) for c in tok["coarse_centres"]],
+                [torch.as_tensor(m) for m in tok["code_to_cluster"]], max_history=cfg.data.max_history)
+
+
+def evaluate_shard(model, shard, trie, cfg, device, batch_size: int) -> dict[str, float]:
+    """Metric sums over this worker's shard (aggregation across workers happens once, in the caller)."""
+    from s2gr_ray.evaluation.evaluate import evaluate_batch
+
+    sums: dict[str, float] = {}
+    model.eval()
+    for batch in shard.iter_torch_batches(batch_size=batch_size):
+        part = evaluate_batch(model, _to_device(batch, device), trie, cfg.eval.beam_size, cfg.eval.ks,
+                              cfg.eval.min_history_view)
+        for k, v in part.items():
+            sums[k] = sums.get(k, 0.0) + float(v)
+    return sums
+
+
+def all_reduce_sums(sums: dict[str, float], keys: list[str]) -> dict[str, float]:
+    import torch.distributed as dist
+
+    vec = torch.tensor([sums.get(k, 0.0) for k in keys], dtype=torch.float64)
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(vec)
+    return dict(zip(keys, vec.tolist()))
+
+
+def metric_keys(cfg) -> list[str]:
+    ks = list(cfg.eval.ks)
+    keys = ["count", "count_hist10"]
+    for k in ks:
+        keys += [f"recall@{k}", f"ndcg@{k}", f"recall@{k}_hist10", f"ndcg@{k}_hist10"]
+    return keys
+
+
+def finalize(sums: dict[str, float]) -> dict[str, dict[str, float]]:
+    from s2gr_ray.evaluation.evaluate import finalize_metrics
+
+    return finalize_metrics(sums)
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    import ray.train
+    from ray.train import Checkpoint
+
+    from s2gr_ray.config import config_from_dict
+    from s2gr_ray.evaluation.trie import PrefixTrie
+    from s2gr_ray.training.engine import make_engine, micro_batch_size
+
+    cfg = config_from_dict(config["cfg"])
+    tok = config["tokenizer"]
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    threads = cfg.train.torch_threads or max(1, (os.cpu_count() or 1) // max(1, ctx.get_local_world_size()))
+    torch.set_num_threads(threads)
+    seed = cfg.train.seed + rank
+    random.seed(seed), np.random.seed(seed), torch.manual_seed(seed)
+    device = ray.train.torch.get_device() if cfg.train.use_gpu else torch.device("cpu")
+
+    micro = micro_batch_size(cfg.train, world)
+    steps_per_epoch = max(1, config["train_rows"] // cfg.train.batch_size)
+    if cfg.train.max_steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, cfg.train.max_steps_per_epoch)
+    model = build_model(cfg, tok)
+    engine = make_engine(model, cfg.train, world, steps_per_epoch * cfg.train.max_epochs, device)
+    eval_model = build_model(cfg, tok).to(device)
+    trie = PrefixTrie.from_sids(tok["sids"])
+
+    state = {"epoch": 0, "best": -1.0, "best_epoch": -1, "bad_epochs": 0, "finished": False, "history": []}
+    best_state: dict[str, torch.Tensor] | None = None
+    ckpt = ray.train.get_checkpoint()
+    if ckpt:
+        with ckpt.as_directory() as d:
+            state = json.loads((Path(d) / STATE_FILE).read_text())
+            for name in (BEST_FILE, MODEL_FILE):  # epoch checkpoints hold BEST_FILE, the final one MODEL_FILE
+                if (Path(d) / name).exists():
+                    best_state = torch.load(Path(d) / name, map_location="cpu", weights_only=True)
+                    break
+            if not state.get("finished"):
+                engine.load(Path(d))
+        if rank == 0:
+            print(f"[train] resumed from checkpoint: epoch {state['epoch']}, step {engine.global_step}", flush=True)
+
+    writer = None
+    if rank == 0 and config.get("tensorboard_dir"):
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(config["tensorboard_dir"])
+        for k, v in config.get("tokenizer_report", {}).items():
+            writer.add_scalar(f"tokenizer/{k}", v, 0)
+
+    kill_at = int(os.environ.get("S2GR_TEST_KILL_AT_STEP", "0"))  # failure-injection hook for the tests
+    keys = metric_keys(cfg)
+    monitor = cfg.train.monitor
+    train_shard = ray.train.get_dataset_shard("train")
+    valid_shard = ray.train.get_dataset_shard("valid")
+    t_start = time.time()
+
+    while not state["finished"] and state["epoch"] < cfg.train.max_epochs:
+        epoch = state["epoch"]
+        t0, seen, term_sums, n_terms = time.time(), 0, {}, 0
+        for i, batch in enumerate(train_shard.iter_torch_batches(batch_size=micro, drop_last=True,
+                                                                 local_shuffle_buffer_size=micro * 4)):
+            if cfg.train.max_steps_per_epoch and i >= cfg.train.max_steps_per_epoch * cfg.train.grad_accum_steps:
+                break
+            terms = engine.train_step(_to_device(batch, device))
+            for k, v in terms.items():
+                term_sums[k] = term_sums.get(k, 0.0) + float(v)
+            n_terms += 1
+            seen += micro * world
+            step = engine.global_step
+            if kill_at and step == kill_at and rank == world - 1 and not ckpt and epoch == 0:
+                os._exit(1)  # simulate a worker crash mid-epoch (tests only)
+            if rank == 0 and step % cfg.train.log_every == 0 and (i + 1) % cfg.train.grad_accum_steps == 0:
+                rate = seen / max(time.time() - t0, 1e-9)
+                left = (steps_per_epoch * cfg.train.batch_size - seen) / max(rate, 1e-9)
+                print(f"[train] epoch {epoch + 1}/{cfg.train.max_epochs} step {step} loss {float(terms['loss']):.4f} "
+                      f"lr {engine.lr:.2e} {rate:,.0f} samples/s epoch ETA {max(left, 0):.0f}s", flush=True)
+                if writer:
+                    for k, v in terms.items():
+                        writer.add_scalar(f"train/{k}", float(v), step)
+                    writer.add_scalar("train/lr", engine.lr, step)
+                    writer.add_scalar("train/samples_per_s", rate, step)
+        epoch_time = time.time() - t0
+        train_metrics = {f"train/{k}": v / max(n_terms, 1) for k, v in term_sums.items()}
+        train_metrics["train/samples_per_s"] = seen / max(epoch_time, 1e-9)
+        train_metrics["train/epoch_seconds"] = epoch_time
+
+        snapshot = engine.state_dict_for_export()
+        eval_model.load_state_dict(snapshot)
+        t_eval = time.time()
+        sums = all_reduce_sums(evaluate_shard(eval_model, valid_shard, trie, cfg, device, cfg.eval.batch_size), keys)
+        valid = finalize(sums)
+        value = valid["all"][monitor]
+        improved = value > state["best"]
+        if improved:
+            state.update(best=value, best_epoch=epoch, bad_epochs=0, best_valid=valid)
+            best_state = snapshot
+        else:
+            state["bad_epochs"] += 1
+        state["epoch"] = epoch + 1
+        stop = cfg.train.patience and state["bad_epochs"] >= cfg.train.patience
+        metrics = {"epoch": epoch + 1, "step": engine.global_step, **train_metrics,
+                   **{f"valid/{k}": v for k, v in valid["all"].items()},
+                   **{f"valid_hist10/{k}": v for k, v in valid["hist10"].items()},
+                   "valid/best": state["best"], "eval_seconds": time.time() - t_eval}
+        state["history"].append({k: v for k, v in metrics.items()})
+        if rank == 0:
+            msg = " ".join(f"{k.split('/')[1]} {v:.4f}" for k, v in metrics.items() if k.startswith("valid/"))
+            print(f"[train] epoch {epoch + 1} done in {epoch_time:.0f}s (train loss "
+                  f"{train_metrics.get('train/loss', float('nan')):.4f}); valid {msg}"
+                  f"{' (best)' if improved else ''}", flush=True)
+            if writer:
+                for k, v in metrics.items():
+                    if k.startswith(("valid", "train/epoch", "eval")):
+                        writer.add_scalar(k if "/" in k else f"eval/{k}", v, epoch + 1)
+        if stop or state["epoch"] >= cfg.train.max_epochs:
+            state["finished"] = True
+        with tempfile.TemporaryDirectory() as tmp:
+            engine.save(Path(tmp), {})
+            if rank == 0:
+                (Path(tmp) / STATE_FILE).write_text(json.dumps(state))
+                torch.save(best_state, Path(tmp) / BEST_FILE)
+            ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
+        if stop and rank == 0:
+            print(f"[train] early stop: no {monitor} improvement for {cfg.train.patience} epochs", flush=True)
+
+    # ---- test with the best weights
+    if best_state is None:
+        best_state = engine.state_dict_for_export()
+    eval_model.load_state_dict(best_state)
+    test_shard = ray.train.get_dataset_shard("test")
+    test = finalize(all_reduce_sums(evaluate_shard(eval_model, test_shard, trie, cfg, device, cfg.eval.batch_size),
+                                    keys))
+    best_valid = state.get("best_valid") or {"all": {monitor: state["best"]}, "hist10": {}}
+    final = {"epoch": state["epoch"], "step": engine.global_step, "final": 1, "valid/best": state["best"],
+             **{f"valid/{k}": v for k, v in best_valid["all"].items()},
+             **{f"valid_hist10/{k}": v for k, v in best_valid["hist10"].items()},
+             "best_epoch": state["best_epoch"] + 1,
+             "train_seconds": time.time() - t_start,
+             **{f"test/{k}": v for k, v in test["all"].items()},
+             **{f"test_hist10/{k}": v for k, v in test["hist10"].items()}}
+    if writer:
+        for k, v in final.items():
+            if k.startswith("test"):
+                writer.add_scalar(k, v, state["epoch"])
+        writer.close()
+    with tempfile.TemporaryDirectory() as tmp:
+        if rank == 0:
+            torch.save(best_state, Path(tmp) / MODEL_FILE)
+            (Path(tmp) / STATE_FILE).write_text(json.dumps({**state, "finished": True}))
+            (Path(tmp) / "signature.json").write_text(json.dumps(config["signature"]))
+        ray.train.report(final, checkpoint=Checkpoint.from_directory(tmp) if rank == 0 else None)

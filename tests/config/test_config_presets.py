@@ -1,0 +1,89 @@
+"""Config system: presets load, overrides coerce, unknown keys and impossible values fail naming the key."""
+from pathlib import Path
+
+import pytest
+
+from s2gr_ray.config import Config, ConfigError, config_from_dict, load_config, valid_keys
+
+REPO = Path(__file__).resolve().parents[2]
+PRESETS = sorted((REPO / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("preset", PRESETS, ids=[p.stem for p in PRESETS])
+def test_every_preset_loads(preset):
+    cfg = load_config(preset)
+    assert cfg.name == preset.stem
+    assert config_from_dict(cfg.to_dict()) == cfg
+
+
+def test_presets_exist():
+    names = {p.stem for p in PRESETS}
+    assert {"quickstart", "beauty", "beauty_paper"} <= names
+
+
+def test_base_preset_inherits_and_overrides():
+    paper = load_config(REPO / "configs" / "beauty_paper.yaml")
+    assert paper.data.path == "../shared/data/amazon-beauty"  # from base
+    assert paper.model.d_model == 128 and paper.train.use_gpu
+
+
+def test_overrides_coerce_types():
+    cfg = load_config(None, ["train.lr=3e-4", "tokenizer.codebook_sizes=[8,16]", "model.detach_think=true",
+                             "data.path=/x", "eval.ks=[1,5,10]", "tokenizer.num_coarse=4"])
+    assert cfg.train.lr == pytest.approx(3e-4)
+    assert cfg.tokenizer.codebook_sizes == (8, 16)
+    assert cfg.model.detach_think is True
+    assert cfg.eval.ks == (1, 5, 10)
+
+
+def test_dataset_location_override_on_preset():
+    cfg = load_config(REPO / "configs" / "beauty.yaml", ["data.path=/somewhere/else"])
+    assert cfg.data.path == "/somewhere/else"
+
+
+@pytest.mark.parametrize("override,needle", [
+    ("train.lrr=1", "did you mean 'train.lr'"),
+    ("modle.d_model=3", "unknown config key"),
+    ("train.batch_size=abc", "train.batch_size"),
+    ("model.placement=sideways", "model.placement"),
+    ("train.batch_size=0", "train.batch_size"),
+    ("model.dropout=1.5", "model.dropout"),
+    ("eval.beam_size=5", "eval.beam_size"),
+    ("tokenizer.codebook_sizes=[]", "tokenizer.codebook_sizes"),
+    ("tokenizer.num_coarse=300", "tokenizer.num_coarse"),
+    ("train.monitor=auc@10", "train.monitor"),
+    ("model.detach_think=maybe", "model.detach_think"),
+    ("train", "key=value"),
+])
+def test_bad_values_name_the_key(override, needle):
+    with pytest.raises(ConfigError, match=needle.replace("(", r"\(").replace("[", r"\[")):
+        load_config(None, [override])
+
+
+def test_cross_field_batch_divisible_by_workers():
+    with pytest.raises(ConfigError, match="divisible"):
+        load_config(None, ["train.num_workers=3", "train.batch_size=256"])
+
+
+def test_non_synthetic_format_needs_path():
+    with pytest.raises(ConfigError, match="data.path"):
+        load_config(None, ["data.format=sequences"])
+
+
+def test_unknown_key_in_yaml(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("model:\n  d_modle: 3\n")
+    with pytest.raises(ConfigError, match="model.d_model"):
+        load_config(p)
+
+
+def test_section_hash_is_stable_and_sensitive():
+    a, b = Config(), Config().replace(**{"tokenizer.latent_dim": 8})
+    assert a.section_hash("tokenizer") == Config().section_hash("tokenizer")
+    assert a.section_hash("tokenizer") != b.section_hash("tokenizer")
+    assert a.section_hash("data") == b.section_hash("data")
+
+
+def test_valid_keys_cover_sections():
+    keys = valid_keys()
+    assert "train.zero_stage" in keys and "tokenizer.codebook_sizes" in keys and "model.n_think" in keys

@@ -1,0 +1,27 @@
+"""Shared fixtures: a prepared synthetic run directory, Beauty's location, quiet Ray settings."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+
+
+def beauty_path() -> Path | None:
+    p = Path(os.environ.get("S2GR_BEAUTY_PATH", REPO.parent / "shared" / "data" / "amazon-beauty"))
+    return p if (p / "sequences.txt").exists() else None
+
+
+@pytest.fixture(scope="session")
+def beauty() -> Path:
+    p = beauty_path()
+    if p is None:
+        pytest.skip("Amazon Beauty not found: set S2GR_BEAUTY_PATH to the folder with sequences.txt/items.jsonl")
+    return p

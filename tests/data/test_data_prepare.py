@@ -1,0 +1,127 @@
+"""① ④ sequence-file ingestion, leave-one-out split, sharded parquet, manifest, bad input."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from s2gr_ray.config import load_config
+from s2gr_ray.data.ingest import DataError
+from s2gr_ray.data.prepare import prepare_stage, split_examples, training_sequences
+
+ITEMS = [{"item_id": i, "title": f"Item &amp; {i}", "categories": [["Beauty", "Cat" + str(i % 2)]]} for i in range(1, 8)]
+
+
+def write_dataset(root: Path, lines: list[str], items=ITEMS) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "sequences.txt").write_text("\n".join(lines) + "\n")
+    (root / "items.jsonl").write_text("\n".join(json.dumps(i) for i in items) + "\n")
+    return root
+
+
+def cfg_for(root: Path, *extra: str):
+    return load_config(None, ["data.format=sequences", f"data.path={root}", "data.rows_per_shard=3", *extra])
+
+
+def test_split_is_leave_one_out_with_every_training_prefix():
+    seq = [np.array([1, 2, 3, 4, 5], dtype=np.int32)]
+    ex = split_examples(seq, max_history=20)
+    users, hists, targets, hlen = ex["test"]
+    assert [list(h) for h in hists] == [[1, 2, 3, 4]] and targets == [5] and hlen == [4]
+    assert [list(h) for h in ex["valid"][1]] == [[1, 2, 3]] and ex["valid"][2] == [4]
+    assert [list(h) for h in ex["train"][1]] == [[1], [1, 2]] and ex["train"][2] == [2, 3]
+
+
+def test_history_truncated_but_length_kept():
+    seq = [np.arange(1, 31, dtype=np.int32)]
+    ex = split_examples(seq, max_history=5)
+    assert list(ex["test"][1][0]) == [25, 26, 27, 28, 29] and ex["test"][3] == [29]
+
+
+def test_prepare_writes_shards_and_manifest(tmp_path):
+    root = write_dataset(tmp_path / "ds", ["u1 1 2 3 4 5", "u2 3 4 5 6", "u3 7 1 2"])
+    run = tmp_path / "run"
+    m = prepare_stage(cfg_for(root), run, log=lambda s: None)
+    assert (m["num_users"], m["num_items"], m["num_interactions"]) == (3, 7, 12)
+    assert m["splits"] == {"train": 2 + 1 + 0, "valid": 3, "test": 3}
+    on_disk = json.loads((run / "manifest.json").read_text())
+    assert on_disk["splits"] == m["splits"]
+    train = pq.read_table(run / "sequences" / "train")
+    assert train.num_rows == 3 and str(train.schema.field("history").type) == "list<element: int32>" \
+        or str(train.schema.field("history").type).startswith("list<")
+    test = pq.read_table(run / "sequences" / "test").to_pydict()
+    by_user = dict(zip(test["user_id"], zip(test["history"], test["target"])))
+    assert len(by_user) == 3
+    items = pq.read_table(run / "items.parquet").to_pydict()
+    assert items["title"][0] == "Item & 1"  # HTML unescaped
+    assert items["category"][0] == "Cat1"
+    seqs = training_sequences(run)
+    assert [len(s) for s in seqs] == [3, 2, 1]
+
+
+def test_shards_respect_rows_per_shard(tmp_path):
+    root = write_dataset(tmp_path / "ds", [f"u{u} 1 2 3 4 5 6 7" for u in range(4)])
+    m = prepare_stage(cfg_for(root), tmp_path / "run", log=lambda s: None)
+    assert m["splits"]["train"] == 16 and m["shards"]["train"] == 6  # 16 rows / 3 per shard
+
+
+@pytest.mark.parametrize("lines,needle", [
+    (["u1 1 2 3", "u2 1 99 3"], "sequences.txt:2: item '99'"),
+    (["u1 1 2 3", "u2"], "sequences.txt:2: user 'u2' has an empty history"),
+    (["u1 1 2 3", "u1 4 5 6"], "sequences.txt:2: user 'u1' appears on two lines"),
+])
+def test_bad_sequences_name_file_and_line(tmp_path, lines, needle):
+    root = write_dataset(tmp_path / "ds", lines)
+    with pytest.raises(DataError, match=needle):
+        prepare_stage(cfg_for(root), tmp_path / "run", log=lambda s: None)
+    assert not (tmp_path / "run" / "manifest.json").exists()  # nothing half-written
+
+
+def test_short_sequences_skipped_and_counted_or_error(tmp_path):
+    root = write_dataset(tmp_path / "ds", ["u1 1 2 3 4", "u2 5", "u3 6 7"])
+    m = prepare_stage(cfg_for(root), tmp_path / "run", log=lambda s: None)
+    assert m["num_users"] == 1 and m["skipped"]["users_with_short_sequences"] == 2
+    assert m["num_items"] == 4 and m["skipped"]["items_without_interactions"] == 3
+    with pytest.raises(DataError, match="data.on_short_sequence=skip"):
+        prepare_stage(cfg_for(root, "data.on_short_sequence=error"), tmp_path / "run2", log=lambda s: None)
+
+
+def test_items_file_errors(tmp_path):
+    root = write_dataset(tmp_path / "ds", ["u1 1 2 3"], items=ITEMS + [ITEMS[0]])
+    with pytest.raises(DataError, match=r"items.jsonl:8: duplicate item id '1'"):
+        prepare_stage(cfg_for(root), tmp_path / "run", log=lambda s: None)
+    (root / "items.jsonl").write_text('{"item_id": 1}\n{not json\n')
+    with pytest.raises(DataError, match=r"items.jsonl:2: not a JSON object"):
+        prepare_stage(cfg_for(root), tmp_path / "run", log=lambda s: None)
+    (root / "items.jsonl").write_bytes(b'{"item_id": 1, "title": "caf\xe9"}\n')
+    with pytest.raises(DataError, match=r"items.jsonl:1: not valid UTF-8"):
+        prepare_stage(cfg_for(root), tmp_path / "run", log=lambda s: None)
+    (root / "items.jsonl").unlink()
+    with pytest.raises(DataError, match="items.jsonl: file not found"):
+        prepare_stage(cfg_for(root), tmp_path / "run", log=lambda s: None)
+
+
+def test_rerun_replaces_outputs_completely(tmp_path):
+    root = write_dataset(tmp_path / "ds", [f"u{u} 1 2 3 4 5 6 7" for u in range(4)])
+    run = tmp_path / "run"
+    prepare_stage(cfg_for(root), run, log=lambda s: None)
+    prepare_stage(cfg_for(root, "data.rows_per_shard=100"), run, log=lambda s: None)
+    assert len(list((run / "sequences" / "train").glob("*.parquet"))) == 1
+
+
+def test_synthetic_catalog_is_deterministic_and_structured(tmp_path):
+    cfg = load_config(None, ["data.synthetic.num_items=120", "data.synthetic.num_users=200"])
+    a = prepare_stage(cfg, tmp_path / "a", log=lambda s: None)
+    b = prepare_stage(cfg, tmp_path / "b", log=lambda s: None)
+    assert a["splits"] == b["splits"] and a["num_items"] == 120
+    assert (np.load(tmp_path / "a" / "item_vectors.npy") == np.load(tmp_path / "b" / "item_vectors.npy")).all()
+    assert pq.read_table(tmp_path / "a" / "sequences" / "train").equals(pq.read_table(tmp_path / "b" / "sequences" / "train"))
+
+
+@pytest.mark.data
+def test_beauty_counts(beauty, tmp_path):
+    cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / "beauty.yaml", [f"data.path={beauty}"])
+    m = prepare_stage(cfg, tmp_path / "beauty", log=lambda s: None)
+    assert (m["num_users"], m["num_items"], m["num_interactions"]) == (22363, 12101, 198502)
+    assert m["splits"] == {"train": 198502 - 3 * 22363, "valid": 22363, "test": 22363}
