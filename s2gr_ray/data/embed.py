@@ -105,6 +105,8 @@ def embed_stage(cfg: Config, run: Path, log: Callable[[str], None] = print) -> d
             raise EmbeddingError("embed.path = synthetic needs data.format = synthetic (planted vectors)")
         source, key = "synthetic planted vectors", artifacts.file_hash(vec_path)
     elif e.path:
+        if not Path(e.path).exists():
+            raise EmbeddingError(f"embed.path {e.path} does not exist; pass a .npy or .parquet embedding file")
         source, key = f"precomputed {e.path}", artifacts.file_hash(Path(e.path))
     else:
         source = f"sentence-transformers {e.model}"

@@ -26,12 +26,13 @@ def random_catalog(num_items: int, semantic_sizes: tuple[int, ...], dedup: bool 
                    seed: int = 0) -> tuple[np.ndarray, list[int]]:
     """Random SIDs [N, L] (row i = item i+1) and level_sizes; with dedup, collisions get a 0-based extra code."""
     rng = np.random.default_rng(seed)
-    sem = np.stack([rng.integers(0, c, num_items) for c in semantic_sizes], axis=1)
     if not dedup:
-        sem = np.unique(sem, axis=0)
-        if len(sem) < num_items:
-            raise ValueError("random_catalog: too few distinct SIDs without dedup; enlarge semantic_sizes")
-        return sem[rng.permutation(len(sem))], list(semantic_sizes)
+        total = int(np.prod(semantic_sizes))
+        if total < num_items:
+            raise ValueError(f"random_catalog: {num_items} items need dedup with only {total} distinct SIDs")
+        flat = rng.choice(total, num_items, replace=False)
+        return np.stack(np.unravel_index(flat, semantic_sizes), axis=1).astype(np.int64), list(semantic_sizes)
+    sem = np.stack([rng.integers(0, c, num_items) for c in semantic_sizes], axis=1)
     _, inverse = np.unique(sem, axis=0, return_inverse=True)
     inverse = inverse.reshape(-1)
     extra = np.zeros(num_items, dtype=np.int64)
