@@ -217,7 +217,8 @@ def orders_from_time(col: pa.ChunkedArray, path: Path, name: str) -> np.ndarray:
         except pa.ArrowInvalid:
             for i, value in enumerate(col.to_pylist()):
                 try:
-                    datetime.fromisoformat(value)
+                    float(value) if value.strip().lstrip("+-").replace(".", "", 1).isdigit() \
+                        else datetime.fromisoformat(value)
                 except ValueError:
                     raise DataError(f"{path}: {_row(path, i)}: {name!r} = {value!r} is neither a number nor an "
                                     "ISO-8601 time; write Unix seconds or YYYY-MM-DD[ HH:MM:SS]") from None

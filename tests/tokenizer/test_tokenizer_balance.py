@@ -1,0 +1,53 @@
+"""CoBa parts 2-3: bias update direction, uniformity penalty, and balancing making usage more uniform."""
+import dataclasses
+
+import numpy as np
+import torch
+
+from s2gr_ray.config import TokenizerConfig
+from s2gr_ray.tokenizer.balance import BalanceBias, uniformity_penalty
+from s2gr_ray.tokenizer.fit import fit_tokenizer
+from s2gr_ray.tokenizer.report import perplexity, usage_counts
+
+
+def test_bias_makes_over_used_codes_harder_and_clips():
+    b = BalanceBias([4], gamma=0.1, max_bias=0.25)
+    b.observe_scale(0, torch.ones(8))
+    b.update(0, torch.tensor([0, 0, 0, 0, 0, 1, 1, 2]))  # code 0 over-used, code 3 unused
+    assert b.bias[0][0] > 0 and b.bias[0][3] < 0
+    for _ in range(10):
+        b.update(0, torch.tensor([0, 0, 0, 0, 0, 1, 1, 2]))
+    assert float(b.bias[0].abs().max()) <= 0.25 + 1e-7
+    # the bias is added to distances: an equidistant point now picks an under-used code, never code 0
+    d = torch.zeros(1, 4)
+    assert int((d + b.effective(0)[None]).argmin()) in (2, 3)
+    assert int((d + b.effective(0)[None]).argmax()) == 0
+
+
+def test_uniformity_penalty_only_for_close_codes():
+    far = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]], requires_grad=True)
+    assert float(uniformity_penalty(far, margin=0.5)) == 0.0
+    close = torch.tensor([[0.0, 0.0], [0.1, 0.0], [10.0, 0.0]], requires_grad=True)
+    pen = uniformity_penalty(close, margin=0.5)
+    assert float(pen) > 0
+    pen.backward()
+    assert close.grad[0, 0] > 0 and close.grad[1, 0] < 0  # gradient descent pushes the close pair apart
+
+
+def _skewed(n=1500, d=8, seed=0):
+    rng = np.random.default_rng(seed)
+    dense = rng.normal(scale=0.05, size=(int(n * 0.85), d))  # most items in one tight blob
+    wide = rng.normal(scale=3.0, size=(n - len(dense), d))
+    return np.concatenate([dense, wide]).astype(np.float32)
+
+
+def test_balancing_moves_usage_towards_uniform():
+    x = _skewed()
+    base = TokenizerConfig(kind="coba", cooccurrence=False, uniformity=False, codebook_sizes=(16, 16),
+                           num_coarse=4, latent_dim=8, hidden_dims=(32,), epochs=30, batch_size=256, lr=3e-3,
+                           balance_gamma=0.01, balance_max_bias=2.0, log_every=0, device="cpu")
+    ent = {}
+    for on in (False, True):
+        tok = fit_tokenizer(x, [], dataclasses.replace(base, balance=on), log=lambda s: None)
+        ent[on] = perplexity(usage_counts(tok.sids[:, 0], 16))
+    assert ent[True] > ent[False] * 1.15, ent
