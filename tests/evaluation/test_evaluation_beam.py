@@ -9,7 +9,6 @@ import torch.nn.functional as F
 from s2gr_ray.evaluation import PrefixTrie, constrained_beam_search
 from s2gr_ray.model.toy import random_catalog, tiny_model
 
-torch.set_num_threads(2)
 
 CONFIGS = [
     dict(n_think=0, placement="stepwise"),

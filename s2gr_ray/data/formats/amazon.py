@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from s2gr_ray.config import DataConfig
-from s2gr_ray.data.formats.tables import require_file
-from s2gr_ray.data.ingest import DataError, RawDataset, category_text, iter_lines
+from s2gr_ray.data.formats.tables import require_file, utf8_lines
+from s2gr_ray.data.ingest import DataError, RawDataset, category_text
 
 _USER_KEYS = ("reviewerID", "user_id")  # 2014/2018, 2023
 _TIME_KEYS = ("unixReviewTime", "timestamp")  # seconds (2014/2018), milliseconds (2023)
@@ -82,7 +82,7 @@ def read_metadata(path: Path) -> tuple[dict[str, dict[str, str]], str, int]:
     out: dict[str, dict[str, str]] = {}
     id_key = ""
     duplicates = 0
-    for lineno, line in iter_lines(path):
+    for lineno, line in utf8_lines(path):
         if not line.strip():
             continue
         obj = parse_record(line, path, lineno)
@@ -124,7 +124,7 @@ def read_amazon(cfg: DataConfig) -> RawDataset:
     items: list[str] = []
     orders: list[int] = []
     without_meta = 0
-    for lineno, line in iter_lines(reviews_path):
+    for lineno, line in utf8_lines(reviews_path):
         if not line.strip():
             continue
         obj = parse_record(line, reviews_path, lineno)

@@ -64,6 +64,23 @@ def _open_binary(path: Path):
     return gzip.open(path, "rb") if magic == _GZIP_MAGIC else open(path, "rb")
 
 
+def utf8_lines(path: Path):
+    """Yield (line number, line without newline), gzipped or not. Unlike a text-mode reader (which decodes in
+    chunks, so a bad byte surfaces before the lines around it), each line is decoded on its own and a bad byte
+    is reported on its own line."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    with _open_binary(path) as fh:
+        for lineno, raw in enumerate(fh, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(f"{path}:{lineno}: not valid UTF-8 ({exc.reason}); re-encode the file as UTF-8"
+                                ) from None
+            yield lineno, line.rstrip("\n").rstrip("\r")
+
+
 def _arrow_stream(path: Path):
     """A pyarrow input stream that un-gzips by content, not by file name."""
     with open(path, "rb") as fh:
