@@ -41,30 +41,12 @@ class RawDataset:
     item_vectors: dict[str, np.ndarray] | None = None  # planted content vectors (synthetic catalog only)
 
 
-def open_text(path: Path):
-    """Open a text file that may be gzipped, with strict UTF-8 (errors are reported by the caller)."""
-    import gzip
-
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: file not found")
-    with open(path, "rb") as fh:
-        magic = fh.read(2)
-    if magic == b"\x1f\x8b":
-        return gzip.open(path, "rt", encoding="utf-8", errors="strict")
-    return open(path, "r", encoding="utf-8", errors="strict")
-
-
 def iter_lines(path: Path):
-    """Yield (line_number, stripped line), turning a decoding error into a DataError naming the line."""
-    lineno = 0
-    with open_text(path) as fh:
-        try:
-            for lineno, line in enumerate(fh, start=1):
-                yield lineno, line.rstrip("\n").rstrip("\r")
-        except UnicodeDecodeError as exc:
-            raise DataError(f"{path}:{lineno + 1}: not valid UTF-8 ({exc.reason}); re-encode the file as UTF-8"
-                            ) from None
+    """Yield (line_number, line without newline), gzipped or not. Each line is decoded on its own, so a bad
+    byte is reported on its own line (a text-mode reader decodes in chunks and can name the wrong line)."""
+    from s2gr_ray.data.formats.tables import utf8_lines
+
+    yield from utf8_lines(path)
 
 
 def category_text(value) -> str:

@@ -28,6 +28,7 @@ class PrefixTrie:
         self.num_items = int(num_items)
         self.num_levels = len(self.level_sizes)
         self.max_children = [int((p[1:] - p[:-1]).max()) for p in indptr]
+        self._copies: dict[str, PrefixTrie] = {}
 
     @classmethod
     def from_sids(cls, sids: np.ndarray | Tensor, level_sizes: Sequence[int] | None = None) -> "PrefixTrie":
@@ -67,8 +68,15 @@ class PrefixTrie:
         return cls(indptr, codes, child, sizes, n)
 
     def to(self, device: torch.device | str) -> "PrefixTrie":
-        move = lambda ts: [t.to(device) for t in ts]  # noqa: E731
-        return PrefixTrie(move(self.indptr), move(self.codes), move(self.child), self.level_sizes, self.num_items)
+        """A copy on ``device`` (memoized, so evaluating batch after batch moves the trie once)."""
+        device = torch.device(device)
+        if device == self.device:
+            return self
+        if str(device) not in self._copies:
+            move = lambda ts: [t.to(device) for t in ts]  # noqa: E731
+            self._copies[str(device)] = PrefixTrie(move(self.indptr), move(self.codes), move(self.child),
+                                                   self.level_sizes, self.num_items)
+        return self._copies[str(device)]
 
     @property
     def device(self) -> torch.device:

@@ -8,6 +8,7 @@ Ray Data's `map_batches` on CPU workers, vectorized with numpy, so training work
     target_sids   int32 [B, L]      SID codes of the target item
     target        int32 [B]         target item id (1..N)
     history_len   int32 [B]         full history length before truncation (the paper's >= 10 view)
+    user_id       int32 [B]         the user (for batch scoring and the tests' disjointness check)
 """
 from __future__ import annotations
 
@@ -51,6 +52,7 @@ class SidMapper:
             "target_sids": self.table[target],
             "target": target,
             "history_len": np.asarray(batch["history_len"], dtype=np.int32),
+            "user_id": np.asarray(batch["user_id"], dtype=np.int32),
         }
 
 
@@ -67,10 +69,11 @@ def build_datasets(run: Path, sids: np.ndarray, max_history: int, splits=("train
     """Ray datasets per split, lazily streaming parquet → SID tensors. Nothing is read until iteration."""
     import ray.data
 
+    ray.data.DataContext.get_current().enable_progress_bars = False  # our own progress lines stay readable
     mapper = SidMapper(sids, max_history)
     out = {}
     for split in splits:
-        ds = ray.data.read_parquet(shard_files(run, split), columns=["history", "target", "history_len"])
+        ds = ray.data.read_parquet(shard_files(run, split), columns=["user_id", "history", "target", "history_len"])
         if max_rows and max_rows.get(split):
             ds = ds.limit(max_rows[split])
         out[split] = ds.map_batches(mapper, batch_format="numpy", batch_size=1024)

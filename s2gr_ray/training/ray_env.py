@@ -11,6 +11,8 @@ WORKER_ENV = {
     "TOKENIZERS_PARALLELISM": "false",
     "HF_HUB_OFFLINE": "1",
     "PYTHONUNBUFFERED": "1",
+    # Ray Train tees print() into its logger and stdout; plain print keeps each progress line once.
+    "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
 }
 
 
@@ -42,4 +44,5 @@ def init_ray(cfg: RayConfig, use_gpu: bool = False, log: Callable[[str], None] =
     if cfg.temp_dir:
         kwargs["_temp_dir"] = os.path.abspath(cfg.temp_dir)
     log("ray: starting a local Ray in this process (set RAY_ADDRESS or ray.address=... to use a cluster)")
-    ray.init(runtime_env=runtime_env, include_dashboard=False, log_to_driver=True, **kwargs)
+    # The dashboard process also serves the state API that Ray Train's placement-group cleaner polls.
+    ray.init(runtime_env=runtime_env, log_to_driver=True, **kwargs)

@@ -106,18 +106,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     eval_model = build_model(cfg, tok).to(device)
     trie = PrefixTrie.from_sids(tok["sids"])
 
-    state = {"epoch": 0, "best": -1.0, "best_epoch": -1, "bad_epochs": 0, "finished": False, "history": []}
+    state = {"epoch": 0, "best": -1.0, "best_epoch": -1, "bad_epochs": 0, "stopped_early": False, "history": []}
     best_state: dict[str, torch.Tensor] | None = None
     ckpt = ray.train.get_checkpoint()
-    if ckpt:
+    if ckpt:  # every checkpoint (epoch or final) holds the engine shards, the loop state and the best weights
         with ckpt.as_directory() as d:
             state = json.loads((Path(d) / STATE_FILE).read_text())
-            for name in (BEST_FILE, MODEL_FILE):  # epoch checkpoints hold BEST_FILE, the final one MODEL_FILE
-                if (Path(d) / name).exists():
-                    best_state = torch.load(Path(d) / name, map_location="cpu", weights_only=True)
-                    break
-            if not state.get("finished"):
-                engine.load(Path(d))
+            best_state = torch.load(Path(d) / BEST_FILE, map_location="cpu", weights_only=True)
+            engine.load(Path(d))
         if rank == 0:
             print(f"[train] resumed from checkpoint: epoch {state['epoch']}, step {engine.global_step}", flush=True)
 
@@ -129,27 +125,35 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         for k, v in config.get("tokenizer_report", {}).items():
             writer.add_scalar(f"tokenizer/{k}", v, 0)
 
-    kill_at = int(os.environ.get("S2GR_TEST_KILL_AT_STEP", "0"))  # failure-injection hook for the tests
+    # failure injection for the tests: the last rank dies once at this global step (marker file = once)
+    kill_at = int(os.environ.get("S2GR_TEST_KILL_AT_STEP", "0"))
+    kill_marker = Path(os.environ.get("S2GR_TEST_KILL_MARKER", "/nonexistent/s2gr-kill-marker"))
+    record_dir = os.environ.get("S2GR_TEST_RECORD_ROWS")  # tests: which rows each worker saw
     keys = metric_keys(cfg)
     monitor = cfg.train.monitor
     train_shard = ray.train.get_dataset_shard("train")
     valid_shard = ray.train.get_dataset_shard("valid")
     t_start = time.time()
 
-    while not state["finished"] and state["epoch"] < cfg.train.max_epochs:
+    while not state["stopped_early"] and state["epoch"] < cfg.train.max_epochs:
         epoch = state["epoch"]
         t0, seen, term_sums, n_terms = time.time(), 0, {}, 0
         for i, batch in enumerate(train_shard.iter_torch_batches(batch_size=micro, drop_last=True,
                                                                  local_shuffle_buffer_size=micro * 4)):
             if cfg.train.max_steps_per_epoch and i >= cfg.train.max_steps_per_epoch * cfg.train.grad_accum_steps:
                 break
+            if record_dir:
+                with open(Path(record_dir) / f"rank{rank}.txt", "a") as fh:
+                    fh.write("".join(f"{u} {t} {h}\n" for u, t, h in zip(batch["user_id"].tolist(),
+                                     batch["target"].tolist(), batch["history_len"].tolist())))
             terms = engine.train_step(_to_device(batch, device))
             for k, v in terms.items():
                 term_sums[k] = term_sums.get(k, 0.0) + float(v)
             n_terms += 1
             seen += micro * world
             step = engine.global_step
-            if kill_at and step == kill_at and rank == world - 1 and not ckpt and epoch == 0:
+            if kill_at and step == kill_at and rank == world - 1 and not kill_marker.exists():
+                kill_marker.touch()
                 os._exit(1)  # simulate a worker crash mid-epoch (tests only)
             if rank == 0 and step % cfg.train.log_every == 0 and (i + 1) % cfg.train.grad_accum_steps == 0:
                 rate = seen / max(time.time() - t0, 1e-9)
@@ -194,13 +198,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 for k, v in metrics.items():
                     if k.startswith(("valid", "train/epoch", "eval")):
                         writer.add_scalar(k if "/" in k else f"eval/{k}", v, epoch + 1)
-        if stop or state["epoch"] >= cfg.train.max_epochs:
-            state["finished"] = True
+        state["stopped_early"] = bool(stop)
         with tempfile.TemporaryDirectory() as tmp:
-            engine.save(Path(tmp), {})
-            if rank == 0:
-                (Path(tmp) / STATE_FILE).write_text(json.dumps(state))
-                torch.save(best_state, Path(tmp) / BEST_FILE)
+            _save(engine, Path(tmp), rank, state, best_state)
             ray.train.report(metrics, checkpoint=Checkpoint.from_directory(tmp))
         if stop and rank == 0:
             print(f"[train] early stop: no {monitor} improvement for {cfg.train.patience} epochs", flush=True)
@@ -225,9 +225,17 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             if k.startswith("test"):
                 writer.add_scalar(k, v, state["epoch"])
         writer.close()
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp:  # the final checkpoint: resumable, plus the exported model
+        _save(engine, Path(tmp), rank, state, best_state)
         if rank == 0:
             torch.save(best_state, Path(tmp) / MODEL_FILE)
-            (Path(tmp) / STATE_FILE).write_text(json.dumps({**state, "finished": True}))
             (Path(tmp) / "signature.json").write_text(json.dumps(config["signature"]))
-        ray.train.report(final, checkpoint=Checkpoint.from_directory(tmp) if rank == 0 else None)
+        ray.train.report(final, checkpoint=Checkpoint.from_directory(tmp))
+
+
+def _save(engine, folder: Path, rank: int, state: dict, best_state: dict | None) -> None:
+    """Every rank writes its engine shard; rank 0 adds the loop state and the best weights."""
+    engine.save(folder, {})
+    if rank == 0:
+        (folder / STATE_FILE).write_text(json.dumps(state))
+        torch.save(best_state, folder / BEST_FILE)
