@@ -73,7 +73,7 @@ def build_datasets(run: Path, sids: np.ndarray, max_history: int, splits=("train
     mapper = SidMapper(sids, max_history)
     out = {}
     for split in splits:
-        ds = ray.data.read_parquet(shard_files(run, split), columns=["user_id", "history", "target", "history_len"])
+        ds = ray.data.read_parquet(shard_files(run, split)).select_columns(["user_id", "history", "target", "history_len"])
         if max_rows and max_rows.get(split):
             ds = ds.limit(max_rows[split])
         out[split] = ds.map_batches(mapper, batch_format="numpy", batch_size=1024)

@@ -6,6 +6,7 @@ same `train.run_name` and storage path resumes from the latest checkpoint (Ray T
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -131,6 +132,7 @@ def train_stage(cfg: Config, run: Path, log: Callable[[str], None] = print) -> d
         raise TrainingError(f"training ended without final metrics (last report: {metrics})")
     model_dir = run / "model"
     with result.checkpoint.as_directory() as d:
+        history = json.loads((Path(d) / worker_mod.STATE_FILE).read_text()).get("history", [])
         with artifacts.atomic_dir(model_dir) as tmp:
             shutil.copy(Path(d) / worker_mod.MODEL_FILE, tmp / worker_mod.MODEL_FILE)
             shutil.copy(Path(d) / "signature.json", tmp / "signature.json")
@@ -138,6 +140,7 @@ def train_stage(cfg: Config, run: Path, log: Callable[[str], None] = print) -> d
                                      {"tokenizer": tok_manifest["hash"], "data": data_manifest["hash"]},
                                      best_epoch=metrics.get("best_epoch"), checkpoint=str(result.checkpoint.path))
     out = metrics_json(metrics, cfg, time.time() - t0)
+    out["history"] = history  # one entry per epoch: train/* loss terms, valid/* metrics
     artifacts.write_json(run / "metrics.json", out)
     return out
 

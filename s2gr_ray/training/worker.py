@@ -66,17 +66,22 @@ def all_reduce_sums(sums: dict[str, float], keys: list[str]) -> dict[str, float]
 
 
 def metric_keys(cfg) -> list[str]:
-    ks = list(cfg.eval.ks)
-    keys = ["count", "count_hist10"]
-    for k in ks:
-        keys += [f"recall@{k}", f"ndcg@{k}", f"recall@{k}_hist10", f"ndcg@{k}_hist10"]
+    """The fixed key order of the metric sums all-reduced across workers."""
+    suffixes = [""] + ([f"_hist{cfg.eval.min_history_view}"] if cfg.eval.min_history_view else [])
+    keys = []
+    for sfx in suffixes:
+        keys.append(f"count{sfx}")
+        for k in cfg.eval.ks:
+            keys += [f"recall@{k}{sfx}", f"ndcg@{k}{sfx}"]
     return keys
 
 
-def finalize(sums: dict[str, float]) -> dict[str, dict[str, float]]:
+def finalize(sums: dict[str, float], cfg) -> dict[str, dict[str, float]]:
+    """{"all": {...}, "hist": {...}} — the second view is the paper's (history >= eval.min_history_view)."""
     from s2gr_ray.evaluation.evaluate import finalize_metrics
 
-    return finalize_metrics(sums)
+    views = finalize_metrics(sums)
+    return {"all": views["all"], "hist": views.get(f"hist{cfg.eval.min_history_view}", {})}
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -174,7 +179,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         eval_model.load_state_dict(snapshot)
         t_eval = time.time()
         sums = all_reduce_sums(evaluate_shard(eval_model, valid_shard, trie, cfg, device, cfg.eval.batch_size), keys)
-        valid = finalize(sums)
+        valid = finalize(sums, cfg)
         value = valid["all"][monitor]
         improved = value > state["best"]
         if improved:
@@ -186,7 +191,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         stop = cfg.train.patience and state["bad_epochs"] >= cfg.train.patience
         metrics = {"epoch": epoch + 1, "step": engine.global_step, **train_metrics,
                    **{f"valid/{k}": v for k, v in valid["all"].items()},
-                   **{f"valid_hist10/{k}": v for k, v in valid["hist10"].items()},
+                   **{f"valid_hist10/{k}": v for k, v in valid["hist"].items()},
                    "valid/best": state["best"], "eval_seconds": time.time() - t_eval}
         state["history"].append({k: v for k, v in metrics.items()})
         if rank == 0:
@@ -211,15 +216,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     eval_model.load_state_dict(best_state)
     test_shard = ray.train.get_dataset_shard("test")
     test = finalize(all_reduce_sums(evaluate_shard(eval_model, test_shard, trie, cfg, device, cfg.eval.batch_size),
-                                    keys))
-    best_valid = state.get("best_valid") or {"all": {monitor: state["best"]}, "hist10": {}}
+                                    keys), cfg)
+    best_valid = state.get("best_valid") or {"all": {monitor: state["best"]}, "hist": {}}
     final = {"epoch": state["epoch"], "step": engine.global_step, "final": 1, "valid/best": state["best"],
              **{f"valid/{k}": v for k, v in best_valid["all"].items()},
-             **{f"valid_hist10/{k}": v for k, v in best_valid["hist10"].items()},
+             **{f"valid_hist10/{k}": v for k, v in best_valid["hist"].items()},
              "best_epoch": state["best_epoch"] + 1,
              "train_seconds": time.time() - t_start,
              **{f"test/{k}": v for k, v in test["all"].items()},
-             **{f"test_hist10/{k}": v for k, v in test["hist10"].items()}}
+             **{f"test_hist10/{k}": v for k, v in test["hist"].items()}}
     if writer:
         for k, v in final.items():
             if k.startswith("test"):
