@@ -54,7 +54,8 @@ def normalized_adjacency(rows: np.ndarray, cols: np.ndarray, weights: np.ndarray
     inv_sqrt = 1.0 / np.sqrt(deg)  # deg >= 1 thanks to the self-loop
     vals = (w * inv_sqrt[r] * inv_sqrt[c]).astype(np.float32)
     idx = torch.from_numpy(np.stack([r, c]))
-    return torch.sparse_coo_tensor(idx, torch.from_numpy(vals), (num_items, num_items)).coalesce()
+    return torch.sparse_coo_tensor(idx, torch.from_numpy(vals), (num_items, num_items),
+                                   check_invariants=False).coalesce()
 
 
 def appnp_weights(alpha: float, steps: int) -> np.ndarray:
