@@ -1,0 +1,194 @@
+"""Quality benchmark: TIGER vs S²GR and the ablations on Amazon Beauty, identical data, seeds, sizes and budget.
+
+    python benchmarks/quality.py --scale cpu                      # all arms, 1 seed, CPU-scale preset
+    python benchmarks/quality.py --scale cpu --arms tiger s2gr --seeds 0 1 2
+    python benchmarks/quality.py --scale paper --data /data/amazon-beauty   # GPU preset (configs/beauty_paper.yaml)
+
+Every arm runs the real pipeline (tokenize → Ray Train with DeepSpeed → constrained beam search) on one shared
+prepare + embed of the dataset; tokenizers are shared between arms with the same tokenizer config. Each arm trains
+until validation NDCG@10 stops improving (early stopping, `train.patience`), the best epoch is evaluated on the test
+split. Model selection uses validation only. Writes benchmarks/results/quality_<scale>.{csv,md} and prints the table.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from s2gr_ray.config import load_config  # noqa: E402
+
+ARMS: dict[str, list[str]] = {
+    "tiger": ["tokenizer.kind=rqvae", "model.n_think=0"],
+    "tiger_coba": ["model.n_think=0"],
+    "s2gr_upfront": ["model.placement=upfront"],
+    "s2gr": [],
+    "s2gr_no_align": ["model.w_align=0"],
+    "s2gr_no_aux": ["model.aux_decoder_layers=0"],
+    "s2gr_no_cooc": ["tokenizer.cooccurrence=false"],
+    "s2gr_no_uniform": ["tokenizer.uniformity=false"],
+    "s2gr_no_balance": ["tokenizer.balance=false"],
+    "s2gr_think2": ["model.n_think=2"],
+}
+PRESETS = {"cpu": REPO / "configs" / "beauty.yaml", "paper": REPO / "configs" / "beauty_paper.yaml"}
+METRICS = ["recall@5", "ndcg@5", "recall@10", "ndcg@10"]
+
+
+def log(msg: str) -> None:
+    print(f"[quality {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def link_data(base: Path, run: Path) -> None:
+    """A fresh run directory sharing the prepared data and embeddings of `base` (hard links / copies)."""
+    run.mkdir(parents=True, exist_ok=True)
+    for name in ("manifest.json", "items.parquet", "interactions.parquet", "sequences", "embeddings"):
+        src, dst = base / name, run / name
+        if dst.exists():
+            continue
+        if src.is_dir():
+            shutil.copytree(src, dst, copy_function=os.link)
+        else:
+            os.link(src, dst)
+
+
+def run_arm(arm: str, seed: int, args, base: Path, work: Path) -> dict:
+    from s2gr_ray.tokenizer.stage import tokenize_stage
+    from s2gr_ray.training.driver import train_stage
+
+    overrides = [f"data.path={args.data}", f"seed={seed}", f"train.seed={seed}", f"tokenizer.seed={seed}",
+                 f"train.run_name={arm}_s{seed}", *ARMS[arm], *args.overrides]
+    cfg = load_config(PRESETS[args.scale], overrides)
+    run = work / f"{arm}_s{seed}"
+    if (run / "metrics.json").exists() and not args.force:
+        log(f"{arm} seed {seed}: reusing {run / 'metrics.json'}")
+        return json.loads((run / "metrics.json").read_text())
+    link_data(base, run)
+    tok_cache = work / "tokenizers" / cfg.section_hash("tokenizer", "seed")
+    if tok_cache.exists() and not (run / "tokenizer").exists():
+        shutil.copytree(tok_cache, run / "tokenizer")
+    tokenize_stage(cfg, run, log=log)
+    if not tok_cache.exists():
+        shutil.copytree(run / "tokenizer", tok_cache)
+    t0 = time.time()
+    metrics = train_stage(cfg, run, log=log)
+    log(f"{arm} seed {seed}: test {json.dumps({k: round(metrics['test'][k], 4) for k in METRICS})} "
+        f"({time.time() - t0:.0f}s)")
+    return metrics
+
+
+def row_of(arm: str, seed: int, m: dict, report: dict) -> dict:
+    hist = m.get("history", [])
+    epoch_s = [h.get("train/epoch_seconds", 0.0) for h in hist]
+    decode = [h["eval_seconds"] / h["valid/count"] * 1000 for h in hist if h.get("valid/count")]
+    row = {"arm": arm, "seed": seed, **{k: m["test"][k] for k in METRICS}}
+    row.update({f"{k}_hist10": m.get("test_hist10", {}).get(k) for k in METRICS})
+    row.update({"valid_ndcg@10": m["valid"].get("ndcg@10"), "best_epoch": m["train"].get("best_epoch"),
+                "epochs": m["train"].get("epochs"),
+                "sec_per_epoch": statistics.mean(epoch_s) if epoch_s else None,
+                "decode_sec_per_1k_users": statistics.mean(decode) if decode else None,
+                "tok_util_l1": (report.get("levels") or [{}])[0].get("utilization"),
+                "tok_collision": report.get("collision_rate")})
+    return row
+
+
+def summarize(rows: list[dict]) -> list[str]:
+    """Markdown: mean ± std over seeds per arm, and the S²GR vs TIGER gain."""
+    by_arm: dict[str, list[dict]] = {}
+    for r in rows:
+        by_arm.setdefault(r["arm"], []).append(r)
+    cols = METRICS + [f"{k}_hist10" for k in METRICS]
+    lines = ["| arm | seeds | " + " | ".join(cols) + " | epochs | s/epoch | decode s/1k users |",
+             "|---|---|" + "---|" * (len(cols) + 3)]
+    means = {}
+    for arm, rs in by_arm.items():
+        cells = []
+        for c in cols:
+            vals = [r[c] for r in rs if r.get(c) is not None]
+            mu = statistics.mean(vals) if vals else float("nan")
+            means[(arm, c)] = mu
+            sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
+            cells.append(f"{mu:.4f}" + (f" ± {sd:.4f}" if len(vals) > 1 else ""))
+        ep = statistics.mean(r["epochs"] or 0 for r in rs)
+        spe = statistics.mean(r["sec_per_epoch"] or 0 for r in rs)
+        dec = statistics.mean(r["decode_sec_per_1k_users"] or 0 for r in rs)
+        lines.append(f"| {arm} | {len(rs)} | " + " | ".join(cells) + f" | {ep:.1f} | {spe:.0f} | {dec:.1f} |")
+    if "tiger" in by_arm and "s2gr" in by_arm:
+        gains = [(means[("s2gr", c)] / means[("tiger", c)] - 1) * 100 for c in METRICS if means[("tiger", c)] > 0]
+        lines.append("")
+        lines.append("S²GR vs TIGER (test, standard view): " + ", ".join(
+            f"{c} {(means[('s2gr', c)] / means[('tiger', c)] - 1) * 100:+.1f}%" for c in METRICS
+            if means[("tiger", c)] > 0) + (f"; average {statistics.mean(gains):+.1f}%" if gains else ""))
+    return lines
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--scale", choices=sorted(PRESETS), default="cpu")
+    p.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    p.add_argument("--seeds", nargs="+", type=int, default=[0])
+    p.add_argument("--data", default=os.environ.get("S2GR_BEAUTY_PATH", str(REPO.parent / "shared" / "data" /
+                                                                           "amazon-beauty")))
+    p.add_argument("--work", type=Path, default=REPO / "runs" / "quality")
+    p.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results")
+    p.add_argument("--force", action="store_true", help="re-run arms that already have metrics")
+    p.add_argument("overrides", nargs="*", help="key=value applied to every arm (e.g. train.max_epochs=10)")
+    args = p.parse_args()
+    if not (Path(args.data) / "sequences.txt").exists():
+        print(f"Amazon Beauty not found at {args.data}: pass --data or set S2GR_BEAUTY_PATH", file=sys.stderr)
+        return 2
+
+    from s2gr_ray.data.embed import embed_stage
+    from s2gr_ray.data.prepare import prepare_stage
+
+    base = args.work / f"base_{args.scale}"
+    cfg = load_config(PRESETS[args.scale], [f"data.path={args.data}", *args.overrides])
+    if not (base / "manifest.json").exists():
+        prepare_stage(cfg, base, log)
+    embed_stage(cfg, base, log)
+    rows = []
+    args.results.mkdir(parents=True, exist_ok=True)
+    for seed in args.seeds:
+        for arm in args.arms:
+            m = run_arm(arm, seed, args, base, args.work)
+            report_path = args.work / f"{arm}_s{seed}" / "tokenizer" / "report.json"
+            report = json.loads(report_path.read_text()) if report_path.exists() else {}
+            rows.append(row_of(arm, seed, m, report))
+            write(rows, args)
+    print("\n".join(summarize(rows)))
+    return 0
+
+
+def write(rows: list[dict], args) -> None:
+    csv_path = args.results / f"quality_{args.scale}.csv"
+    with open(csv_path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                            text=True).stdout.strip()
+    machine = f"{os.cpu_count()} CPU cores" + ("" if _has_cuda() else ", no GPU")
+    header = [f"# Quality benchmark ({args.scale} scale)", "",
+              f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; commit {commit}; machine: {machine}",
+              f"- command: `python benchmarks/quality.py {' '.join(sys.argv[1:])}`",
+              "- test split, full ranking through trie-constrained beam search; `_hist10` = users with >= 10 history "
+              "items (the paper's view)", ""]
+    (args.results / f"quality_{args.scale}.md").write_text("\n".join(header + summarize(rows)) + "\n")
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
