@@ -140,6 +140,9 @@ class ModelConfig:
     decoder_layers: int = 4
     aux_decoder_layers: int = 2  # S2GR.md: half the main decoder's depth; 0 = no auxiliary decoder
     dropout: float = 0.1
+    # Encoder tokens: "code" = one token per SID code (TIGER's layout, T x L tokens); "item" = one token per history
+    # item, the sum of its code embeddings (T tokens: ~L x cheaper encoder) (ours)
+    history_tokens: str = "code"
     n_think: int = 1  # thinking vectors per level: 0 = TIGER, 1 = the paper
     placement: str = "stepwise"  # stepwise (the paper) | upfront (reason first, then generate)
     detach_think: bool = False
@@ -240,6 +243,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "tokenizer.kind": ("coba", "rqvae", "rqkmeans"),
     "tokenizer.device": ("auto", "cpu", "cuda"),
     "model.placement": ("stepwise", "upfront"),
+    "model.history_tokens": ("code", "item"),
     "train.engine": ("deepspeed", "ddp"),
     "train.precision": ("auto", "fp32", "bf16"),
     "train.lr_schedule": ("cosine", "constant"),

@@ -113,7 +113,9 @@ class S2GR(nn.Module):
 
     # ---------------------------------------------------------------------------------------------- encoder
     def encode(self, history: Tensor, history_mask: Tensor) -> tuple[Tensor, Tensor]:
-        """history [B, T, L], history_mask [B, T] -> memory [B, M, D], memory_mask [B, M] (True = real token)."""
+        """history [B, T, L], history_mask [B, T] -> memory [B, M, D], memory_mask [B, M] (True = real token).
+
+        M = T * L with model.history_tokens = "code" (TIGER's layout), M = T with "item" (4x fewer encoder tokens)."""
         b, t, l = history.shape
         if l != self.num_levels or t > self.max_history:
             raise ValueError(f"S2GR.encode: history {tuple(history.shape)} must be [B, T <= {self.max_history}, "
@@ -123,9 +125,13 @@ class S2GR(nn.Module):
         mask = mask | (~mask.any(1, keepdim=True) & first)  # an empty history attends to slot 0: stays finite
         codes = torch.where(mask[..., None], history.long(), 0) + self.offsets
         recency = (mask.flip(1).long().cumsum(1).flip(1) - mask.long()).clamp(max=self.max_history - 1)
-        x = self.code_emb(codes) + self.level_emb.weight + self.recency_emb(recency)[:, :, None]
-        x = self.enc_drop(x.reshape(b, t * l, -1))
-        tok_mask = mask[:, :, None].expand(b, t, l).reshape(b, t * l)
+        if self.cfg.history_tokens == "item":  # one token per item: the sum of its code embeddings (ours)
+            x = (self.code_emb(codes) + self.level_emb.weight).sum(2) + self.recency_emb(recency)
+            x, tok_mask = self.enc_drop(x), mask
+        else:  # TIGER's layout: one token per SID code
+            x = self.code_emb(codes) + self.level_emb.weight + self.recency_emb(recency)[:, :, None]
+            x = self.enc_drop(x.reshape(b, t * l, -1))
+            tok_mask = mask[:, :, None].expand(b, t, l).reshape(b, t * l)
         attn_mask = tok_mask[:, None, None, :]
         for layer in self.encoder:
             x = layer(x, attn_mask)
@@ -234,7 +240,7 @@ class S2GR(nn.Module):
             "max_history": self.max_history, "d_model": cfg.d_model, "num_heads": cfg.num_heads,
             "d_head": cfg.d_head, "d_ff": cfg.d_ff, "encoder_layers": cfg.encoder_layers,
             "decoder_layers": cfg.decoder_layers, "n_think": cfg.n_think, "placement": cfg.placement,
-            "think_on_dedup": cfg.think_on_dedup, "align": self.use_align, "infonce": self.use_infonce,
+            "think_on_dedup": cfg.think_on_dedup, "history_tokens": cfg.history_tokens, "align": self.use_align, "infonce": self.use_infonce,
             "aux_decoder_layers": cfg.aux_decoder_layers if self.use_infonce else 0,
             "num_coarse": self.num_coarse if self.has_centres else None,
             "latent_dim": self.latent_dim if self.has_centres else None,

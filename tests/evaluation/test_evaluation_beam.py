@@ -15,6 +15,7 @@ CONFIGS = [
     dict(n_think=1, placement="stepwise"),
     dict(n_think=2, placement="stepwise"),
     dict(n_think=1, placement="upfront"),
+    dict(n_think=1, placement="stepwise", history_tokens="item"),
     dict(n_think=2, placement="upfront"),
     dict(n_think=1, placement="stepwise", think_on_dedup=True),
 ]

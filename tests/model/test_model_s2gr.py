@@ -43,8 +43,9 @@ def _ref_decoder(model, x, memory, mmask):
 
 
 CONFIGS = [dict(n_think=0), dict(n_think=1), dict(n_think=2), dict(n_think=1, placement="upfront"),
-           dict(n_think=2, placement="upfront"), dict(n_think=1, think_on_dedup=True)]
-IDS = ["tiger", "step1", "step2", "up1", "up2", "step1dedup"]
+           dict(n_think=2, placement="upfront"), dict(n_think=1, think_on_dedup=True),
+           dict(n_think=1, history_tokens="item")]
+IDS = ["tiger", "step1", "step2", "up1", "up2", "step1dedup", "step1items"]
 
 
 @pytest.mark.parametrize("kw", CONFIGS, ids=IDS)
