@@ -110,12 +110,12 @@ class TokenizerConfig:
     appnp_steps: int = 3
     # CoBa part 2: uniformity repulsion between code vectors of one level
     uniformity: bool = True
-    uniformity_margin: float = 0.1
-    uniformity_weight: float = 0.1
+    uniformity_margin: float = 0.5  # δ as a fraction of the level's mean pairwise code distance (balance.py)
+    uniformity_weight: float = 1.0
     # CoBa part 3: auxiliary-loss-free load balancing (selection bias)
     balance: bool = True
-    balance_gamma: float = 1e-3
-    balance_max_bias: float = 0.5
+    balance_gamma: float = 1e-2  # bias step per optimizer step, in units of the level's mean nearest distance
+    balance_max_bias: float = 1.0  # tuned on Beauty (benchmarks/tokenizer_bench.py)
     balance_at_assign: bool = True  # final assignment chooses codes with the trained bias too (assign.py)
     # Collisions: append one dedup code so every item has a unique SID
     dedup: bool = True

@@ -1,0 +1,277 @@
+"""Speed benchmark: training and decoding throughput, S²GR / TIGER cost ratios, catalog-size independence, and the
+Ray framework tax — every figure measured in one run, with the ratios computed from that run.
+
+    python benchmarks/speed.py                     # everything (about 10-15 minutes on 2 cores)
+    python benchmarks/speed.py --sections train decode
+    python benchmarks/speed.py --quick             # fewer steps (smoke)
+
+Writes benchmarks/results/speed.{md,csv} and prints the table. Sections:
+  train    bare torch training samples/s, batch 256, TIGER size (4+4, d 128, 6x64 heads, FFN 1024) and small size
+           (2+2, d 64), S²GR (n_think 1) and TIGER (n_think 0), history_tokens code / item, fp32 and bf16 autocast
+  decode   constrained beam search users/s at beam 20, TIGER size, S²GR vs TIGER, 12,101-item catalog
+  catalog  decode users/s on 10,000 vs 1,000,000 items; trie build and residual assignment time for 1M items
+  ray      Ray Data + Ray Train (1 worker, DeepSpeed) samples/s vs a bare in-process loop, same model and rows
+On a CUDA machine the train section also reports the fraction of the card's bf16 peak (--peak-tflops).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from s2gr_ray.config import ModelConfig  # noqa: E402
+from s2gr_ray.evaluation.beam_search import constrained_beam_search  # noqa: E402
+from s2gr_ray.evaluation.trie import PrefixTrie  # noqa: E402
+from s2gr_ray.model.s2gr import S2GR  # noqa: E402
+from s2gr_ray.model.toy import random_catalog, random_clusters  # noqa: E402
+
+TIGER = dict(d_model=128, num_heads=6, d_head=64, d_ff=1024, encoder_layers=4, decoder_layers=4, aux_decoder_layers=2)
+SMALL = dict(d_model=64, num_heads=2, d_head=32, d_ff=256, encoder_layers=2, decoder_layers=2, aux_decoder_layers=1)
+SEM = (256, 256, 256)
+ROWS: list[dict] = []
+
+
+def log(msg: str) -> None:
+    print(f"[speed {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def record(section: str, name: str, value: float, unit: str, note: str = "") -> None:
+    ROWS.append({"section": section, "measure": name, "value": value, "unit": unit, "note": note})
+    log(f"{section:8s} {name:55s} {value:12.2f} {unit} {note}")
+
+
+def make_model(size: dict, n_think: int, level_sizes, device, **kw) -> S2GR:
+    cfg = ModelConfig(**size, n_think=n_think, dropout=0.1, **kw)
+    centres, c2c = random_clusters(list(level_sizes[:3]), 16, 32, seed=0)
+    return S2GR(cfg, level_sizes, 3, centres, c2c, max_history=20).to(device)
+
+
+def batch_for(sids: np.ndarray, b: int, t: int, seed: int, device):
+    rng = np.random.default_rng(seed)
+    items = rng.integers(0, len(sids), size=(b, t + 1))
+    lengths = rng.integers(5, t + 1, size=b)
+    history = torch.as_tensor(sids[items[:, :t]], device=device)
+    mask = torch.as_tensor(np.arange(t)[None, :] < lengths[:, None], device=device)
+    target = torch.as_tensor(sids[items[:, t]], device=device)
+    return history, mask, target
+
+
+def bench_train(args, device) -> None:
+    sids, sizes = random_catalog(12101, SEM, dedup=True, seed=0)
+    runs = [("tiger-size", TIGER), ("small", SMALL)]
+    for label, size in runs:
+        for tokens in ("code", "item"):
+            for precision in (["fp32", "bf16"] if label == "tiger-size" else ["fp32"]):
+                rates = {}
+                for arm, n_think in (("TIGER", 0), ("S2GR", 1)):
+                    model = make_model(size, n_think, sizes, device, history_tokens=tokens)
+                    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+                    batches = [batch_for(sids, args.batch, 20, s, device) for s in range(3)]
+                    steps = args.steps if label == "tiger-size" else args.steps * 2
+                    t0 = None
+                    for i in range(steps + 2):
+                        if i == 2:
+                            _sync(device)
+                            t0 = time.perf_counter()
+                        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                            out = model(*batches[i % 3])
+                        opt.zero_grad(set_to_none=True)
+                        out.loss.backward()
+                        opt.step()
+                    _sync(device)
+                    rate = steps * args.batch / (time.perf_counter() - t0)
+                    rates[arm] = rate
+                    record("train", f"{label} {arm} tokens={tokens} {precision}", rate, "samples/s",
+                           f"batch {args.batch}")
+                    if device.type == "cuda" and args.peak_tflops:
+                        flops = 6 * sum(p.numel() for p in model.parameters()) * args.batch * 29  # ~29 tokens/sample
+                        record("train", f"{label} {arm} {precision} fraction of bf16 peak",
+                               flops * rate / args.batch / (args.peak_tflops * 1e12), "", "6·params·tokens estimate")
+                record("train", f"{label} tokens={tokens} {precision} S2GR/TIGER time per epoch",
+                       rates["TIGER"] / rates["S2GR"], "ratio", "paper: 59 h / 45 h = 1.31")
+
+
+def bench_decode(args, device) -> None:
+    sids, sizes = random_catalog(12101, SEM, dedup=True, seed=0)
+    trie = PrefixTrie.from_sids(sids).to(device)
+    for tokens in ("code", "item"):
+        rates = {}
+        for arm, n_think in (("TIGER", 0), ("S2GR", 1)):
+            model = make_model(TIGER, n_think, sizes, device, history_tokens=tokens).eval()
+            rates[arm] = _decode_rate(model, sids, trie, args, device)
+            record("decode", f"tiger-size {arm} tokens={tokens} beam {args.beam}", rates[arm], "users/s",
+                   "12,101 items")
+        record("decode", f"tokens={tokens} S2GR/TIGER decode time", rates["TIGER"] / rates["S2GR"], "ratio",
+               "paper: 0.90 h / 0.88 h = 1.02")
+
+
+def _decode_rate(model, sids, trie, args, device, users: int | None = None) -> float:
+    users = users or args.decode_users
+    history, mask, _ = batch_for(sids, users, 20, 7, device)
+    bs = args.decode_batch
+    constrained_beam_search(model, history[:bs], mask[:bs], trie, args.beam)  # warm-up
+    _sync(device)
+    t0 = time.perf_counter()
+    for s in range(0, users, bs):
+        res = constrained_beam_search(model, history[s:s + bs], mask[s:s + bs], trie, args.beam)
+    _sync(device)
+    assert bool(trie.contains(res.sids.view(-1, res.sids.size(-1))).all())
+    return users / (time.perf_counter() - t0)
+
+
+def bench_catalog(args, device) -> None:
+    rates = {}
+    for n in (10_000, 1_000_000):
+        t0 = time.perf_counter()
+        sids, sizes = random_catalog(n, SEM, dedup=True, seed=1)
+        t_cat = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        trie = PrefixTrie.from_sids(sids).to(device)
+        record("catalog", f"trie build, {n:,} items", time.perf_counter() - t0, "s", f"catalog gen {t_cat:.1f}s")
+        model = make_model(TIGER, 1, [*SEM, int(sids[:, 3].max()) + 1], device).eval()
+        rates[n] = _decode_rate(model, sids, trie, args, device)
+        record("catalog", f"S2GR decode, {n:,} items, beam {args.beam}", rates[n], "users/s")
+    record("catalog", "decode time per user 1M / 10k items", rates[10_000] / rates[1_000_000], "ratio",
+           "target <= 1.5")
+    from s2gr_ray.tokenizer.assign import dedup_codes, residual_assign
+
+    x = torch.randn(1_000_000, 32)
+    books = [torch.randn(256, 32) for _ in range(3)]
+    t0 = time.perf_counter()
+    codes, _, _ = residual_assign(x, books)
+    dedup_codes(codes, True, 4096)
+    record("catalog", "residual assignment + dedup, 1,000,000 items (d 32, 3x256)", time.perf_counter() - t0, "s")
+
+
+def bench_ray(args, device) -> None:
+    """Same model, same rows: Ray Data + Ray Train (1 worker, DeepSpeed ZeRO-0 fp32) vs a bare loop."""
+    import json
+    import tempfile
+
+    from s2gr_ray.config import load_config
+    from s2gr_ray.data.prepare import prepare_stage
+    from s2gr_ray.training.data_pipeline import SidMapper
+    from s2gr_ray.training.driver import train_stage
+    import pyarrow.parquet as pq
+
+    work = Path(tempfile.mkdtemp(prefix="s2gr-speed-"))
+    data = os.environ.get("S2GR_BEAUTY_PATH", str(REPO.parent / "shared" / "data" / "amazon-beauty"))
+    base = [f"data.format=sequences", f"data.path={data}"] if Path(data, "sequences.txt").exists() else []
+    steps = args.ray_steps
+    common = base + [*(f"model.{k}={v}" for k, v in SMALL.items()), "train.batch_size=256", "train.max_epochs=1",
+                     f"train.max_steps_per_epoch={steps}", "eval.max_users=256", "eval.beam_size=10",
+                     "train.log_every=1000", "train.zero_stage=0", "train.cpus_per_worker=1"]
+    cfg = load_config(None, common)
+    prepare_stage(cfg, work, log)
+    sids, sizes = random_catalog(json.loads((work / "manifest.json").read_text())["num_items"], SEM, seed=0)
+    _write_tokenizer(work, sids, sizes, cfg)
+    t0 = time.perf_counter()
+    metrics = train_stage(cfg, work, log)
+    ray_rate = metrics["history"][0]["train/samples_per_s"]
+    record("ray", f"Ray Data + Ray Train 1 worker DeepSpeed, small size, {steps} steps", ray_rate, "samples/s",
+           f"wall incl. start-up {time.perf_counter() - t0:.0f}s")
+    # bare loop over the same parquet rows and the same model
+    torch.manual_seed(0)
+    from s2gr_ray.training.worker import build_model
+    from s2gr_ray.tokenizer.sid import SIDTokenizer
+
+    tok = SIDTokenizer.load(work / "tokenizer")
+    payload = {"level_sizes": tok.level_sizes, "num_semantic_levels": tok.num_semantic_levels,
+               "coarse_centres": tok.coarse_centres, "code_to_cluster": tok.code_to_cluster}
+    model = build_model(cfg, payload)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    mapper = SidMapper(tok.sids, cfg.data.max_history)
+    files = sorted((work / "sequences" / "train").glob("*.parquet"))
+    t0, seen = time.perf_counter(), 0
+    for batch in pq.ParquetFile(files[0]).iter_batches(batch_size=256, columns=["user_id", "history", "target",
+                                                                                 "history_len"]):
+        b = mapper({k: batch.column(k).to_numpy(zero_copy_only=False) for k in batch.column_names})
+        out = model(torch.as_tensor(b["history"]).long(), torch.as_tensor(b["history_mask"]),
+                    torch.as_tensor(b["target_sids"]).long())
+        opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        opt.step()
+        seen += len(b["target"])
+        if seen >= steps * 256:
+            break
+    bare = seen / (time.perf_counter() - t0)
+    record("ray", f"bare in-process torch loop, small size, {steps} steps", bare, "samples/s")
+    record("ray", "Ray / bare samples/s", ray_rate / bare, "ratio", "target >= 0.95")
+
+
+def _write_tokenizer(run: Path, sids, sizes, cfg) -> None:
+    from s2gr_ray import artifacts
+    from s2gr_ray.tokenizer.sid import SIDTokenizer
+
+    centres, c2c = random_clusters(list(sizes[:3]), 16, 32, seed=0)
+    tok = SIDTokenizer(sids=sids, level_sizes=list(sizes), num_semantic_levels=3,
+                       codebooks=[np.random.default_rng(0).normal(size=(c, 32)).astype(np.float32) for c in sizes[:3]],
+                       coarse_centres=[c.numpy() for c in centres], code_to_cluster=[m.numpy() for m in c2c],
+                       report={}, config={})
+    tok.save(run / "tokenizer")
+    data = artifacts.read_manifest(run, "data")
+    artifacts.write_manifest(run / "tokenizer", "tokenizer", "random", {"data": data["hash"]},
+                             num_items=len(sids), level_sizes=list(sizes))
+
+
+def _sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def write_results(args) -> None:
+    out = REPO / "benchmarks" / "results"
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / f"speed{args.tag}.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(ROWS[0]))
+        w.writeheader()
+        w.writerows(ROWS)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                            text=True).stdout.strip()
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {os.cpu_count()} cores"
+    lines = [f"# Speed benchmark", "", f"- date {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, commit {commit}, "
+             f"device: {device}, torch threads {torch.get_num_threads()}",
+             f"- command: `python benchmarks/speed.py {' '.join(sys.argv[1:])}`", "",
+             "| section | measure | value | unit | note |", "|---|---|---:|---|---|"]
+    lines += [f"| {r['section']} | {r['measure']} | {r['value']:.2f} | {r['unit']} | {r['note']} |" for r in ROWS]
+    (out / f"speed{args.tag}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sections", nargs="+", default=["train", "decode", "catalog", "ray"],
+                   choices=["train", "decode", "catalog", "ray"])
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--beam", type=int, default=20)
+    p.add_argument("--decode-users", type=int, default=256)
+    p.add_argument("--decode-batch", type=int, default=128)
+    p.add_argument("--ray-steps", type=int, default=60)
+    p.add_argument("--peak-tflops", type=float, default=0.0, help="the GPU's dense bf16 peak (H100 SXM: 989)")
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--tag", default="", help="suffix of the result files (e.g. _gpu)")
+    args = p.parse_args()
+    if args.quick:
+        args.steps, args.decode_users, args.ray_steps = 2, 64, 10
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.set_num_threads(os.cpu_count() or 1)
+    torch.manual_seed(0)
+    for section in args.sections:
+        globals()[f"bench_{section}"](args, device)
+    write_results(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
