@@ -10,6 +10,11 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+JOBS = Path(__file__).resolve().parent
+
+# `python jobs/tokenize.py` puts jobs/ first on sys.path, where tokenize.py would shadow the standard library's
+# tokenize module (inspect, numpy.ma and others import it later). Only `_job` is imported from jobs/: drop it.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != JOBS]
 
 
 def run_cli(command: str, args: list[str]) -> int:

@@ -1,5 +1,5 @@
-r"""Ray job entry point for `s2gr run`: the whole pipeline (prepare → embed → tokenize → train + evaluate) into --out,
-then metrics.json.
+r"""Ray job entry point for `s2gr run`: the whole pipeline (prepare → embed → tokenize → train + evaluate) into
+--out, then metrics.json.
 
     ray job submit --address http://127.0.0.1:8265 --working-dir . -- \
         python jobs/run.py configs/PRESET.yaml [key=value ...] --out DIR

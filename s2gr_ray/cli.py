@@ -106,6 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", nargs="?")
     p.add_argument("overrides", nargs="*")
     p.add_argument("--keys", action="store_true", help="list every valid key")
+    # ---- serving (GitHub #10): recommend / score / evaluate / report RUN, in s2gr_ray/serving/commands.py
+    from s2gr_ray.serving.commands import add_parsers as add_serving_parsers
+
+    add_serving_parsers(sub)
     return parser
 
 
@@ -120,6 +124,10 @@ def _split_config_arg(args: argparse.Namespace) -> tuple[str | None, list[str]]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from s2gr_ray.serving.commands import COMMANDS as SERVING_COMMANDS, run_command as run_serving
+
+    if args.command in SERVING_COMMANDS:  # serving (GitHub #10): own arguments and error handling
+        return run_serving(args)
     try:
         if args.command == "tune":
             from s2gr_ray.tuning.sweep import tune_command

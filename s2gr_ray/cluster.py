@@ -1,8 +1,9 @@
 """Offline checks of a Ray cluster launcher YAML (cluster.yaml), for `ray up` (GitHub issue 7).
 
-`ray up` has no dry run, so a typo surfaces only after instances start. `validate_cluster_yaml` runs the same
-checks `ray up` runs before it contacts a cloud — Ray's autoscaler `prepare_config` (merge the provider's
-defaults) and `validate_config` (JSON schema, node types) — and then checks the layout this project expects:
+`ray up` has no dry run, so a typo surfaces only once it talks to the cloud. `validate_cluster_yaml` runs the two
+offline steps of `ray up`'s config bootstrap — Ray's autoscaler `prepare_config` (merge the provider's defaults)
+and `validate_config` (JSON schema, node types) — without the cloud calls between and after them (resource
+autodetection, IAM/VPC setup), and then checks the layout this project expects:
 
   * the head gives Ray no CPUs (`resources: {"CPU": 0}` or `--num-cpus=0` in head_start_ray_commands), so no
     training, Ray Data or Tune work lands on it;
@@ -11,6 +12,9 @@ defaults) and `validate_config` (JSON schema, node types) — and then checks th
   * at least one worker type offers CPUs without GPUs (Ray Data, Tune trial drivers).
 
     python -m s2gr_ray.cluster cluster.yaml     # prints OK and the node types, or the problem; exit 1
+
+`job_runtime_env` is the runtime env jobs/README.md submits with: the repository as working dir, minus the
+virtual environment, git history and run outputs.
 
 Ray's helpers are private (ray.autoscaler._private.util): they are wrapped here, in one tested place.
 """
@@ -23,6 +27,21 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+
+# Paths `ray job submit --working-dir .` must not upload (gitignore-style patterns, as Ray's "excludes").
+JOB_EXCLUDES = (".venv", ".git", "runs", "**/__pycache__", ".pytest_cache", "*.egg-info")
+
+
+def job_runtime_env(env_vars: dict[str, str] | None = None) -> dict[str, Any]:
+    """Runtime env for `ray job submit --working-dir . --runtime-env-json ...` (see jobs/README.md).
+
+    The nodes already hold pyproject's dependencies (cluster.yaml's setup_commands); only the code travels.
+    """
+    env: dict[str, Any] = {"excludes": list(JOB_EXCLUDES)}
+    if env_vars:
+        env["env_vars"] = dict(env_vars)
+    return env
 
 
 class ClusterConfigError(ValueError):

@@ -36,6 +36,8 @@ def resolve_device(device: str) -> torch.device:
 def validate_inputs(embeddings: np.ndarray, train_sequences: Sequence[np.ndarray], cfg: TokenizerConfig,
                     categories: np.ndarray | None = None, num_items: int | None = None) -> np.ndarray:
     """Every check that can fail before training; returns the embeddings as float32 [N, d]."""
+    if cfg.kind not in ("coba", "rqvae", "rqkmeans"):
+        raise ValueError(f"tokenizer.kind = {cfg.kind!r} is not one of coba, rqvae, rqkmeans")
     emb = np.asarray(embeddings)
     if emb.ndim != 2 or emb.shape[0] == 0 or emb.shape[1] == 0:
         raise ValueError(f"embeddings must be a non-empty 2-D array [num_items, dim], got shape {emb.shape}")
@@ -69,16 +71,16 @@ def validate_inputs(embeddings: np.ndarray, train_sequences: Sequence[np.ndarray
         raise ValueError(f"tokenizer.num_coarse = {cfg.num_coarse} exceeds the smallest codebook ({min(sizes)})")
     if not isinstance(train_sequences, (list, tuple)):
         raise ValueError("train_sequences must be a list of 1-D integer arrays (one per user, item ids 1..N)")
-    for u, seq in enumerate(train_sequences):
-        s = np.asarray(seq)
-        if s.size == 0:
-            continue
-        if s.ndim != 1 or not np.issubdtype(s.dtype, np.integer):
+    seqs = [np.asarray(s) for s in train_sequences]
+    for u, s in enumerate(seqs):
+        if s.size and (s.ndim != 1 or not np.issubdtype(s.dtype, np.integer)):
             raise ValueError(f"train_sequences[{u}] must be a 1-D integer array, got {s.dtype} {s.shape}")
-        if s.min() < 1 or s.max() > n:
-            raise ValueError(f"train_sequences[{u}] holds item id {int(s.min() if s.min() < 1 else s.max())} "
-                             f"outside 1..{n} (0 is padding); sequences and embeddings come from different "
-                             "datasets?")
+    flat = np.concatenate([s for s in seqs if s.size]) if any(s.size for s in seqs) else np.zeros(0, np.int64)
+    if flat.size and (flat.min() < 1 or flat.max() > n):
+        u = next(i for i, s in enumerate(seqs) if s.size and (s.min() < 1 or s.max() > n))
+        bad_id = int(seqs[u].min() if seqs[u].min() < 1 else seqs[u].max())
+        raise ValueError(f"train_sequences[{u}] holds item id {bad_id} outside 1..{n} (0 is padding); "
+                         "sequences and embeddings come from different datasets?")
     if categories is not None and len(np.asarray(categories)) != n:
         raise ValueError(f"categories has {len(np.asarray(categories))} labels for {n} items")
     return emb

@@ -42,12 +42,11 @@ class RQVAE(nn.Module):
             [nn.Parameter(torch.randn(c, latent_dim) / math.sqrt(latent_dim)) for c in codebook_sizes])
 
     def quantize(self, z: torch.Tensor, balance: BalanceBias | None = None, train: bool = False):
-        """Residual quantisation of z [B, D] -> (codes [B, L], z_q [B, D], codebook+commitment parts, residuals).
-
-        Returns the per-level (codebook loss, commitment loss) tensors so the caller can weight them.
-        """
+        """Residual quantisation of z [B, D] -> codes [B, L], z_q [B, D] (= Σ chosen codes, grad to codebooks),
+        per-level codebook losses and commitment losses (the caller weights them). ``train`` updates the
+        balance state (scale, bias) from this batch's choices."""
         residual = z
-        codes, quantised, cb_losses, commit_losses, res_norms = [], torch.zeros_like(z), [], [], []
+        codes, quantised, cb_losses, commit_losses = [], torch.zeros_like(z), [], []
         for lvl, book in enumerate(self.codebooks):
             r = residual.detach()
             with torch.no_grad():
@@ -61,17 +60,16 @@ class RQVAE(nn.Module):
             e = book[idx]
             cb_losses.append(torch.mean((e - residual.detach()) ** 2))
             commit_losses.append(torch.mean((residual - e.detach()) ** 2))
-            res_norms.append(residual.detach().norm(dim=1).mean())
             if train and balance is not None:
                 balance.update(lvl, idx)
             codes.append(idx)
             quantised = quantised + e
             residual = residual - e.detach()
-        return torch.stack(codes, 1), quantised, cb_losses, commit_losses, res_norms
+        return torch.stack(codes, 1), quantised, cb_losses, commit_losses
 
     def forward(self, x: torch.Tensor, balance: BalanceBias | None = None, train: bool = False):
         z = self.encoder(x)
-        codes, zq, cb, commit, _ = self.quantize(z, balance, train)
+        codes, zq, cb, commit = self.quantize(z, balance, train)
         z_st = z + (zq - z).detach()
         return self.decoder(z_st), codes, cb, commit
 

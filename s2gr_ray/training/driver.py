@@ -71,7 +71,8 @@ def _tokenizer_scalars(report: dict) -> dict[str, float]:
     return out
 
 
-def train_stage(cfg: Config, run: Path, log: Callable[[str], None] = print) -> dict:
+def train_stage(cfg: Config, run: Path, log: Callable[[str], None] = print, callbacks: list | None = None) -> dict:
+    """Train on RUN; `callbacks` are Ray Train UserCallbacks (a sweep passes TuneReportCallback)."""
     import ray.train
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -117,6 +118,7 @@ def train_stage(cfg: Config, run: Path, log: Callable[[str], None] = print) -> d
                                                checkpoint_score_order="max"),
             failure_config=FailureConfig(max_failures=cfg.train.max_failures),
             worker_runtime_env={"env_vars": worker_env(cfg.train.use_gpu)},
+            callbacks=list(callbacks or []),
         ),
         datasets=datasets,
     )

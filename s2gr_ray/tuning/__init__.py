@@ -1,0 +1,1 @@
+"""⑨ Ray Tune + Optuna sweeps over search spaces of config keys (space.py, trial.py, sweep.py, results.py)."""

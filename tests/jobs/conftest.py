@@ -2,15 +2,16 @@
 
 `ray stop` (and AutoscalingCluster.start/shutdown, which call `ray stop --force`) end every Ray process of the
 machine, other test runs' included. So the head runs as `ray start --head --block` in a process group of its own,
-on free ports and under a temp dir of its own; teardown sends SIGTERM to that process (Ray then drains and stops
-the head's processes), and SIGKILLs whatever of ours is left: the descendants recorded before, and any process
-whose command line names our temp dir (fake autoscaler nodes are started by the autoscaler, not by the head).
+on free ports and under a temp dir of its own; teardown sends SIGTERM to that process (Ray then stops the head's
+processes; RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S=0 skips the 30 s drain), and SIGKILLs whatever of ours is left:
+the descendants recorded before, and any process whose command line names our temp dir (fake autoscaler nodes
+are started by the autoscaler, not by the head).
 """
 from __future__ import annotations
 
-import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -20,6 +21,9 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent  # the venv's bin: its `ray` and `python` run the head, the jobs and the drivers
@@ -78,7 +82,9 @@ class LocalRayHead:
         self.env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_AUTH", "RAY_ADDRESS"))}
         self.env.update(self.auth_env)
         self.env.update({"PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", "TMPDIR": self.temp_dir,
-                         "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0", "RAY_USAGE_STATS_ENABLED": "0"})
+                         "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0", "RAY_USAGE_STATS_ENABLED": "0",
+                         # SIGTERM otherwise drains the node for up to 30 s before stopping it.
+                         "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"})
         self.env.update(env or {})
         self.cmd = [
             str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
@@ -91,6 +97,10 @@ class LocalRayHead:
         self.log_path = Path(self.temp_dir) / "head.log"
         self.proc: subprocess.Popen | None = None
         self._pids: set[int] = set()
+
+    @property
+    def ray(self) -> str:
+        return str(BIN / "ray")
 
     @property
     def dashboard(self) -> str:
@@ -162,6 +172,25 @@ class LocalRayHead:
                               timeout=timeout)
 
 
-def write_json(path: Path, obj) -> Path:
-    path.write_text(json.dumps(obj))
-    return path
+@pytest.fixture(scope="module")
+def ray_head() -> Iterator[Callable[..., LocalRayHead]]:
+    """Factory: `ray_head(num_cpus=2, extra_args=[...], env={...})` starts a head; teardown always stops it.
+
+    before_start(head) runs once the ports are chosen, before `ray start` (e.g. to write a config naming them).
+    """
+    heads: list[LocalRayHead] = []
+
+    def start(num_cpus: float = 2, extra_args: list[str] | None = None, env: dict[str, str] | None = None,
+              before_start: Callable[[LocalRayHead], None] | None = None) -> LocalRayHead:
+        head = LocalRayHead(num_cpus, extra_args, env)
+        heads.append(head)
+        if before_start is not None:
+            before_start(head)
+        return head.start()
+
+    yield start
+    for head in heads:
+        head.stop()
+        if not os.environ.get("S2GR_KEEP_RAY_TMP"):
+            shutil.rmtree(head.temp_dir, ignore_errors=True)
+

@@ -1,0 +1,281 @@
+"""Python serving API: load a trained run once, recommend top-K items with their reasoning path (GitHub #10).
+
+    rec = Recommender.load("RUN")                          # tokenizer + model + catalog, checked against each other
+    [res] = rec.recommend([["B0001", "B0042"]], k=10)      # histories as raw ids (ASINs) or item ids
+    res.items[0].title, res.items[0].score, res.reasoning  # reasoning: nearest coarse cluster per thinking step
+
+Inference is the trie-constrained beam search of S2GR.md "Inference" (no invalid item can be returned); each
+thinking vector is read back as its nearest coarse cluster (cosine via the align projection), labelled by the
+catalog items of that cluster (labels.py). Id resolution: ``id_type="item_id"`` (dense ids 1..N), ``"raw_id"``
+(the dataset's original ids) or ``"auto"`` (per history, the reading under which more ids are known; ties go
+to raw ids). Unknown ids are reported in ``Recommendation.unknown``, never silently dropped. A history without
+a single known item gives an *empty* result whose ``reason`` says why (so batch scoring never dies on one bad
+user). Histories longer than the model's max_history keep the newest items (``truncated`` counts the dropped).
+
+Shape legend: B users, T history items, L SID levels, L_sem semantic levels, K beams / recommended items.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+
+from s2gr_ray import artifacts
+from s2gr_ray.serving.labels import ClusterLabel, cluster_labels
+
+DEFAULT_BEAM = 20  # EvalConfig.beam_size's default; the beam is never narrower than k
+ID_TYPES = ("auto", "item_id", "raw_id")
+_SPLIT = re.compile(r"[\s,]+")
+
+
+class ServingError(RuntimeError):
+    """A run cannot be served (missing/damaged/mismatched artifacts) or a request is malformed."""
+
+
+@dataclass
+class RecommendedItem:
+    rank: int  # 1-based
+    item_id: int
+    raw_id: str
+    title: str
+    score: float  # sum of log-probs of the SID codes (higher is better)
+    path: list[list[int]] = field(default_factory=list)  # [level][think step] coarse cluster of this beam
+
+
+@dataclass
+class ReasoningStep:
+    level: int  # 1-based SID level
+    step: int  # 1-based thinking step within the level
+    cluster: int
+    similarity: float  # cosine(projected thinking vector, cluster centre)
+    label: str
+
+
+@dataclass
+class Recommendation:
+    items: list[RecommendedItem]
+    reasoning: list[ReasoningStep]  # the top-1 item's path (level 1's steps are shared by every item)
+    history: list[int]  # the item ids fed to the model (after truncation), oldest first
+    unknown: list[str]  # ids of the request that are not in the catalog
+    truncated: int = 0  # known history items dropped because the history exceeded max_history
+    id_type: str = "item_id"  # how the history ids were read
+    reason: str | None = None  # why ``items`` is empty, if it is
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(device)
+    except RuntimeError as exc:
+        raise ServingError(f"device {device!r} is not a torch device ({exc}); use auto, cpu or cuda") from None
+
+
+def _read_catalog(run: Path, num_items: int) -> dict[str, list]:
+    path = run / "items.parquet"
+    if not path.exists():
+        raise ServingError(f"{path} is missing; the run directory is incomplete (re-run `s2gr prepare`)")
+    table = pq.read_table(path)
+    cols = {c: table.column(c).to_pylist() if c in table.column_names else None
+            for c in ("item_id", "raw_id", "title", "category")}
+    if cols["item_id"] is None or sorted(cols["item_id"]) != list(range(1, num_items + 1)):
+        raise ServingError(f"{path} must list item ids 1..{num_items} (the tokenizer's items); it holds "
+                           f"{table.num_rows} rows: catalog and tokenizer come from different runs")
+    order = np.argsort(np.asarray(cols["item_id"]))
+    pick = lambda vals, default: [str(vals[i]) if vals and vals[i] is not None else default  # noqa: E731
+                                  for i in order]
+    return {"raw_id": pick(cols["raw_id"], ""), "title": pick(cols["title"], ""),
+            "category": pick(cols["category"], "")}
+
+
+def _popularity(run: Path, num_items: int) -> np.ndarray | None:
+    path = run / "interactions.parquet"
+    if not path.exists():
+        return None
+    ids = pq.read_table(path, columns=["item_id"]).column("item_id").to_numpy()
+    return np.bincount(ids.astype(np.int64), minlength=num_items + 1)[1:]
+
+
+class Recommender:
+    """A loaded run: model (eval mode) + tokenizer + prefix trie + item catalog + cluster labels."""
+
+    def __init__(self, run: Path, model, tokenizer, catalog: dict[str, list], labels: list[list[ClusterLabel]],
+                 device: torch.device, model_hash: str) -> None:
+        from s2gr_ray.evaluation.trie import PrefixTrie
+
+        self.run, self.model, self.tokenizer, self.device = run, model, tokenizer, device
+        self.catalog, self.labels, self.model_hash = catalog, labels, model_hash
+        self.num_items = tokenizer.num_items
+        self.max_history = model.max_history
+        self.raw_to_item = {r: i + 1 for i, r in enumerate(catalog["raw_id"]) if r}
+        self.trie = PrefixTrie.from_sids(tokenizer.sids, tokenizer.level_sizes).to(device)
+        self.sid_table = torch.zeros(self.num_items + 1, tokenizer.sids.shape[1], dtype=torch.long)
+        self.sid_table[1:] = torch.from_numpy(tokenizer.sids)
+        self.sid_table = self.sid_table.to(device)
+        self.has_paths = bool(model.cfg.n_think > 0 and model.use_align)
+
+    # -------------------------------------------------------------------------------------------- loading
+    @classmethod
+    def load(cls, run_dir: str | Path, device: str = "auto") -> "Recommender":
+        """Load RUN/model + RUN/tokenizer + RUN/items.parquet; refuse mismatched or damaged artifacts."""
+        from s2gr_ray.config import ConfigError, config_from_dict
+        from s2gr_ray.model.s2gr import S2GR, check_signature
+        from s2gr_ray.tokenizer.sid import SIDTokenizer
+
+        run = Path(run_dir).resolve()
+        model_dir = run / "model"
+        if not (model_dir / "model.pt").exists():
+            raise ServingError(f"no trained model in {model_dir} (model.pt missing); train one first: "
+                               f"s2gr train <preset> --out {run}")
+        model_manifest = artifacts.read_manifest(model_dir, "model")
+        tok_dir = artifacts.tokenizer_dir(run)
+        tok_manifest = artifacts.read_manifest(tok_dir, "tokenizer")
+        tok = SIDTokenizer.load(tok_dir)
+        signature = artifacts.read_json(model_dir / "signature.json")
+        where = f"{model_dir / 'signature.json'}"
+        expected = {"level_sizes": [int(s) for s in tok.level_sizes],
+                    "num_semantic_levels": int(tok.num_semantic_levels), "tokenizer_hash": tok_manifest["hash"]}
+        try:
+            check_signature({k: signature.get(k) for k in expected}, expected, where=where)
+            artifacts.check_upstream(model_manifest, "tokenizer", tok_manifest["hash"], model_dir)
+        except (ValueError, artifacts.ArtifactError) as exc:
+            raise ServingError(f"tokenizer/model mismatch: {exc}. The tokenizer in {tok_dir} is not the one "
+                               "this model was trained with: restore that tokenizer or retrain the model "
+                               f"(s2gr train <preset> --out {run})") from None
+        try:
+            model_cfg = config_from_dict({"model": signature.get("model", {})}).model
+        except ConfigError as exc:
+            raise ServingError(f"{where}: the model config is invalid ({exc}); the file is damaged: retrain") from None
+        dev = _device(device)
+        model = S2GR(model_cfg, tok.level_sizes, tok.num_semantic_levels,
+                     [torch.as_tensor(np.array(c)) for c in tok.coarse_centres],
+                     [torch.as_tensor(np.array(m)) for m in tok.code_to_cluster],
+                     max_history=int(signature.get("max_history", 20)))
+        weights = model_dir / "model.pt"
+        try:
+            state = torch.load(weights, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - truncated zip, bad pickle, unsafe object: all mean "damaged"
+            raise ServingError(f"{weights} cannot be read ({type(exc).__name__}: {str(exc)[:200]}): the checkpoint "
+                               "is corrupted or truncated; restore it from RUN/train/<run_name>/checkpoint_* or "
+                               f"retrain (s2gr train <preset> --out {run})") from None
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise ServingError(f"{weights} is not a state_dict of tensors; it is not an s2gr model export")
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            raise ServingError(f"{weights} does not fit the model described by {where} "
+                               f"({str(exc).splitlines()[0]} ...); the files come from different runs: retrain") from None
+        model.to(dev).eval()
+        catalog = _read_catalog(run, tok.num_items)
+        labels = cluster_labels(tok.sids, tok.code_to_cluster, [len(c) for c in tok.coarse_centres],
+                                catalog["title"], catalog["category"], _popularity(run, tok.num_items))
+        return cls(run, model, tok, catalog, labels, dev, model_manifest.get("hash", ""))
+
+    # ------------------------------------------------------------------------------------- id resolution
+    def _as_tokens(self, history: Any) -> list:
+        if isinstance(history, str):
+            return [t for t in _SPLIT.split(history.strip()) if t]
+        if isinstance(history, np.ndarray):
+            return history.tolist()
+        return list(history)
+
+    def _item_id(self, token: Any) -> int | None:
+        try:
+            value = int(token) if not isinstance(token, float) or float(token).is_integer() else None
+        except (TypeError, ValueError):
+            return None
+        return value if value is not None and 1 <= value <= self.num_items else None
+
+    def resolve(self, history: Any, id_type: str = "auto") -> tuple[list[int], list[str], str]:
+        """One history (ids, or a space/comma-separated string) -> (item ids, unknown ids, id_type used)."""
+        if id_type not in ID_TYPES:
+            raise ServingError(f"id_type = {id_type!r} must be one of {', '.join(ID_TYPES)}")
+        tokens = self._as_tokens(history)
+        as_item = [self._item_id(t) for t in tokens]
+        as_raw = [self.raw_to_item.get(str(t).strip()) for t in tokens]
+        if id_type == "auto":
+            known_raw = sum(i is not None for i in as_raw)
+            id_type = "raw_id" if known_raw >= sum(i is not None for i in as_item) else "item_id"
+        ids = as_raw if id_type == "raw_id" else as_item
+        return [i for i in ids if i is not None], [str(t) for t, i in zip(tokens, ids) if i is None], id_type
+
+    # ----------------------------------------------------------------------------------------- inference
+    def recommend(self, histories: Sequence[Any], k: int = 10, id_type: str = "auto", beam_size: int | None = None,
+                  batch_size: int = 256) -> list[Recommendation]:
+        """Top-k items for each history (a list of ids, or one space-separated string of ids)."""
+        if isinstance(histories, (str, bytes)) or (len(histories) and all(
+                isinstance(h, (int, np.integer)) for h in histories)):
+            raise ServingError("recommend() takes a list of histories (each a list of ids or an 'id id id' "
+                               "string); for one history use recommend_one(history)")
+        if k < 1:
+            raise ServingError(f"k = {k} must be >= 1")
+        beam = max(int(k), int(beam_size or DEFAULT_BEAM))
+        resolved = [self.resolve(h, id_type) for h in histories]
+        results: list[Recommendation | None] = [None] * len(resolved)
+        todo = []
+        for i, (ids, unknown, used) in enumerate(resolved):
+            if not ids:
+                why = "empty history" if not unknown else f"none of the {len(unknown)} history ids is in the catalog"
+                results[i] = Recommendation([], [], [], unknown, 0, used, f"no known items: {why}")
+            else:
+                todo.append(i)
+        for start in range(0, len(todo), batch_size):
+            rows = todo[start:start + batch_size]
+            for i, rec in zip(rows, self._search([resolved[i][0] for i in rows], k, beam)):
+                rec.unknown, rec.id_type = resolved[i][1], resolved[i][2]
+                results[i] = rec
+        return results  # type: ignore[return-value]
+
+    def recommend_one(self, history: Any, k: int = 10, id_type: str = "auto",
+                      beam_size: int | None = None) -> Recommendation:
+        return self.recommend([history], k, id_type, beam_size)[0]
+
+    @torch.no_grad()
+    def _search(self, id_lists: list[list[int]], k: int, beam: int) -> list[Recommendation]:
+        from s2gr_ray.evaluation.beam_search import constrained_beam_search
+        from s2gr_ray.training.data_pipeline import pad_histories
+
+        ids, mask = pad_histories(id_lists, self.max_history)  # keeps the newest max_history items
+        ids_t = torch.from_numpy(ids).long().to(self.device)
+        history = self.sid_table[ids_t]  # [B, T, L]
+        res = constrained_beam_search(self.model, history, torch.from_numpy(mask).to(self.device), self.trie,
+                                      beam, return_paths=self.has_paths)
+        items, scores = res.items[:, :k].cpu().numpy(), res.scores[:, :k].float().cpu().numpy()
+        clusters = res.path_clusters[:, :k].cpu().numpy() if self.has_paths else None
+        sims = res.path_sims[:, :k].float().cpu().numpy() if self.has_paths else None
+        out = []
+        for b, hist in enumerate(id_lists):
+            keep = [j for j in range(items.shape[1]) if items[b, j] >= 1 and np.isfinite(scores[b, j])]
+            recs = [RecommendedItem(
+                rank=r + 1, item_id=int(items[b, j]), raw_id=self.catalog["raw_id"][items[b, j] - 1],
+                title=self.catalog["title"][items[b, j] - 1], score=float(scores[b, j]),
+                path=clusters[b, j].tolist() if clusters is not None else []) for r, j in enumerate(keep)]
+            reasoning = []
+            if clusters is not None and keep:
+                top = keep[0]
+                for lv in range(clusters.shape[2]):
+                    for st in range(clusters.shape[3]):
+                        c = int(clusters[b, top, lv, st])
+                        reasoning.append(ReasoningStep(lv + 1, st + 1, c, float(sims[b, top, lv, st]),
+                                                       self.labels[lv][c].label))
+            kept = hist[-self.max_history:]
+            out.append(Recommendation(recs, reasoning, [int(i) for i in kept], [],
+                                      max(0, len(hist) - self.max_history),
+                                      reason=None if recs else "the beam search found no valid item"))
+        return out
+
+    # ------------------------------------------------------------------------------------------- helpers
+    def item_titles(self, item_ids: Iterable[int]) -> list[str]:
+        return [self.catalog["title"][int(i) - 1] for i in item_ids]
+
+    def label_table(self) -> list[dict]:
+        """Every coarse cluster of every level with its label, words, representative titles and size."""
+        return [lab.to_dict() for level in self.labels for lab in level]

@@ -1,0 +1,96 @@
+"""`s2gr evaluate RUN --split test`: RUN/model on a split through Ray Data (S2GR.md "Evaluation protocol").
+
+The split's shards stream through `build_datasets` (item ids -> SID tensors, the training pipeline's own
+mapping) into `map_batches` actors that each hold one loaded `Recommender` and return `evaluate_batch`
+metric SUMS (one row per batch). The driver adds the sums once and calls `finalize_metrics`, so the means are
+exact whatever the batching. Writes RUN/eval_<split>.json and returns it.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from s2gr_ray import artifacts
+
+
+class EvalActor:
+    """Ray Data actor: a loaded run -> metric sums of a batch of (history, history_mask, target, history_len)."""
+
+    def __init__(self, run: str, beam_size: int, ks: Sequence[int], min_history_view: int, device: str = "auto",
+                 torch_threads: int = 1) -> None:
+        import torch
+
+        from s2gr_ray.serving.api import Recommender
+
+        torch.set_num_threads(max(1, int(torch_threads)))
+        self.rec = Recommender.load(run, device=device)
+        self.beam_size, self.ks, self.min_history_view = beam_size, tuple(ks), min_history_view
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from s2gr_ray.evaluation.evaluate import evaluate_batch
+
+        sums = evaluate_batch(self.rec.model, batch, self.rec.trie, self.beam_size, self.ks, self.min_history_view)
+        return {k: np.asarray([v], dtype=np.float64) for k, v in sums.items()}
+
+
+def evaluate_run(run: str | Path, split: str = "test", beam_size: int = 20, ks: Sequence[int] = (5, 10),
+                 min_history_view: int = 10, batch_size: int = 256, max_users: int = 0, concurrency: int = 1,
+                 cpus_per_actor: float = 1.0, gpus_per_actor: float | None = None, ray_address: str = "",
+                 log: Callable[[str], None] = print) -> dict[str, Any]:
+    import ray.data
+
+    from s2gr_ray.config import RayConfig
+    from s2gr_ray.evaluation.evaluate import finalize_metrics, merge_sums
+    from s2gr_ray.serving.api import Recommender
+    from s2gr_ray.serving.score import actor_resources
+    from s2gr_ray.training.data_pipeline import build_datasets
+    from s2gr_ray.training.ray_env import init_ray
+
+    if split not in ("valid", "test"):
+        raise ValueError(f"--split {split!r} must be valid or test")
+    if beam_size < max(ks):
+        raise ValueError(f"beam size {beam_size} must be >= the largest K of the metrics ({max(ks)})")
+    run = Path(run).resolve()
+    rec = Recommender.load(run, device="cpu")  # fail fast on a bad run; gives the SID table for the shards
+    data_manifest = artifacts.read_manifest(run, "data")
+    if data_manifest.get("max_history") not in (None, rec.max_history):
+        raise ValueError(f"the shards in {run} were cut at max_history {data_manifest['max_history']} but the "
+                         f"model reads {rec.max_history} items; they come from different runs")
+    init_ray(RayConfig(address=ray_address), use_gpu=bool(gpus_per_actor), log=log)
+    res = actor_resources(gpus_per_actor, cpus_per_actor)
+    ds = build_datasets(run, rec.tokenizer.sids, rec.max_history, splits=(split,),
+                        max_rows={split: max_users} if max_users else None)[split]
+    ray.data.DataContext.get_current().enable_progress_bars = True  # build_datasets turns them off
+    ds = ds.repartition(target_num_rows_per_block=batch_size).map_batches(EvalActor, fn_constructor_kwargs={
+        "run": str(run), "beam_size": beam_size, "ks": list(ks), "min_history_view": min_history_view,
+        "torch_threads": max(1, int(cpus_per_actor))},
+        compute=ray.data.ActorPoolStrategy(size=concurrency), batch_size=batch_size, batch_format="numpy",
+        zero_copy_batch=False, **res)  # writable arrays for torch.as_tensor
+    log(f"evaluate: {run.name}/model on {split} (beam {beam_size}, {concurrency} actor(s), batch {batch_size}"
+        f"{f', first {max_users} users' if max_users else ''})")
+    t0 = time.time()
+    sums = merge_sums({k: float(v) for k, v in row.items()} for row in ds.iter_rows())
+    views = finalize_metrics(sums)
+    out = {"split": split, **views, "beam_size": beam_size, "ks": list(ks), "min_history_view": min_history_view,
+           "max_users": max_users, "model": rec.model_hash, "seconds": round(time.time() - t0, 2),
+           "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    artifacts.write_json(run / f"eval_{split}.json", out)
+    log(f"evaluate: {int(views.get('all', {}).get('count', 0))} users in {out['seconds']:.1f}s; "
+        f"wrote {run / f'eval_{split}.json'}")
+    return out
+
+
+def metric_table(result: dict[str, Any]) -> str:
+    """Markdown table of the metric views of an evaluate_run result."""
+    views = [(v, m) for v, m in result.items() if isinstance(m, dict) and "count" in m]
+    if not views:
+        return "(no metrics)"
+    keys = [k for k in views[0][1] if "@" in k]
+    lines = ["| view | users | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
+    for view, m in views:
+        lines.append(f"| {result['split']}{'' if view == 'all' else '_' + view} | {int(m['count'])} | "
+                     + " | ".join(f"{m.get(k, 0.0):.4f}" for k in keys) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,73 @@
+"""jobs/*.py are thin wrappers of `s2gr COMMAND`, and jobs/README.md's commands name real jobs, presets and keys."""
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from s2gr_ray.cli import COMMANDS
+from s2gr_ray.cluster import JOB_EXCLUDES
+from s2gr_ray.config import valid_keys
+
+REPO = Path(__file__).resolve().parents[2]
+JOBS = sorted(p.stem for p in (REPO / "jobs").glob("*.py") if not p.stem.startswith("_"))
+README = (REPO / "jobs" / "README.md").read_text()
+
+
+def test_one_job_per_main_command():
+    assert set(JOBS) == {"prepare", "embed", "tokenize", "train", "run", "tune"}
+    assert set(JOBS) - {"tune"} <= set(COMMANDS)
+
+
+@pytest.mark.parametrize("job", JOBS)
+def test_job_is_the_cli_subcommand(job, tmp_path):
+    """`python jobs/X.py --help` is `s2gr X --help`, from any directory."""
+    done = subprocess.run([sys.executable, str(REPO / "jobs" / f"{job}.py"), "--help"], capture_output=True,
+                          text=True, cwd=tmp_path, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert f"usage: s2gr {job} " in done.stdout
+
+
+def test_jobs_dir_does_not_shadow_the_standard_library():
+    """`python jobs/X.py` puts jobs/ first on sys.path; jobs/tokenize.py must not replace the standard library's
+    tokenize (inspect imports it: numpy.ma failed that way inside a job)."""
+    probe = subprocess.run([sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[1]); import _job, inspect, "
+                            "tokenize; assert tokenize.__file__.startswith(inspect.__file__.rsplit('/', 1)[0]), "
+                            "tokenize.__file__", str(REPO / "jobs")], capture_output=True, text=True, timeout=60)
+    assert probe.returncode == 0, probe.stderr
+
+
+def test_a_bad_override_exits_2_with_the_hint(tmp_path):
+    done = subprocess.run([sys.executable, str(REPO / "jobs" / "prepare.py"), "train.lrr=1", "--out",
+                           str(tmp_path / "r")], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "did you mean 'train.lr'" in done.stderr
+
+
+def _commands() -> list[list[str]]:
+    """Every `ray job submit ... -- python jobs/X.py ...` command of jobs/README.md, as argv."""
+    blocks = re.findall(r"```bash\n(.*?)```", README, flags=re.S)
+    text = "\n".join(blocks).replace("\\\n", " ")
+    lines = [re.sub(r"\s#.*$", "", ln) for ln in text.splitlines()]
+    return [shlex.split(ln) for ln in lines if "ray job submit" in ln]
+
+
+def test_readme_commands_are_valid():
+    commands = _commands()
+    assert len(commands) >= 7
+    keys = set(valid_keys())
+    for argv in commands:
+        env = json.loads(argv[argv.index("--runtime-env-json") + 1])
+        assert env["excludes"] == list(JOB_EXCLUDES)
+        for pin in env.get("pip", []):
+            assert f'"{pin}"' in (REPO / "pyproject.toml").read_text(), pin
+        job_args = argv[argv.index("--") + 1:]
+        assert job_args[0] == "python" and Path(job_args[1]).stem in JOBS, job_args
+        assert (REPO / job_args[2]).exists(), job_args[2]  # the preset or search space
+        overrides = [a.split("=", 1)[0] for a in job_args[3:] if "=" in a and not a.startswith("-")]
+        assert set(overrides) <= keys, set(overrides) - keys
+        assert "--out" in job_args and job_args[job_args.index("--out") + 1].startswith(("/", "$PWD/"))

@@ -1,0 +1,135 @@
+"""Python API + `s2gr recommend` on a tiny trained run; damaged and mismatched artifacts give clear errors."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from s2gr_ray.cli import main
+
+pytestmark = [pytest.mark.ray, pytest.mark.deepspeed]  # the shared run is trained with Ray Train + DeepSpeed
+
+
+def asin(i: int) -> str:
+    return f"B{i:09d}"
+
+
+def test_topk_valid_unique_sorted_with_reasoning_path(recommender, test_rows):
+    rec = recommender
+    histories = [row["history"] for row in test_rows[:20]]
+    results = rec.recommend(histories, k=10, id_type="item_id")
+    n_sem, n_think = rec.tokenizer.num_semantic_levels, rec.model.cfg.n_think
+    for res in results:
+        ids = [i.item_id for i in res.items]
+        scores = [i.score for i in res.items]
+        assert len(ids) == 10 and len(set(ids)) == 10
+        assert all(1 <= i <= rec.num_items for i in ids)
+        assert scores == sorted(scores, reverse=True) and all(np.isfinite(scores))
+        assert [i.rank for i in res.items] == list(range(1, 11))
+        assert all(i.raw_id == asin(i.item_id) and i.title == rec.catalog["title"][i.item_id - 1] for i in res.items)
+        assert sorted({(s.level, s.step) for s in res.reasoning}) == [
+            (lv, st) for lv in range(1, n_sem + 1) for st in range(1, n_think + 1)]
+        for s in res.reasoning:
+            assert 0 <= s.cluster < rec.model.num_coarse[s.level - 1] and -1.0 <= s.similarity <= 1.0 + 1e-5
+            assert s.label and s.label == rec.labels[s.level - 1][s.cluster].label
+        assert np.asarray(res.items[0].path).shape == (n_sem, n_think)
+        assert [s.cluster for s in res.reasoning] == np.asarray(res.items[0].path).ravel().tolist()
+        assert res.unknown == [] and res.reason is None
+    # the step before level 1 is shared by every beam: all items agree on it
+    assert len({tuple(i.path[0]) for i in results[0].items}) == 1
+
+
+def test_cluster_labels_cover_every_cluster(recommender):
+    table = recommender.label_table()
+    n_sem = recommender.tokenizer.num_semantic_levels
+    assert len(table) == sum(recommender.model.num_coarse[:n_sem])
+    for level in range(1, n_sem + 1):
+        rows = [r for r in table if r["level"] == level]
+        assert sum(r["num_items"] for r in rows) == recommender.num_items  # clusters partition the catalog
+    assert all(r["label"] and r["label"] != "(no items)" for r in table if r["num_items"])
+    assert all(r["titles"] for r in table if r["num_items"])
+
+
+def test_raw_ids_and_item_ids_give_the_same_result(recommender, test_rows):
+    hists = [row["history"] for row in test_rows[:6]]
+    by_item = recommender.recommend(hists, k=5, id_type="item_id")
+    by_raw = recommender.recommend([[asin(i) for i in h] for h in hists], k=5, id_type="raw_id")
+    auto_raw = recommender.recommend([" ".join(asin(i) for i in h) for h in hists], k=5)  # strings, auto
+    auto_item = recommender.recommend(hists, k=5)
+    for a, b, c, d in zip(by_item, by_raw, auto_raw, auto_item):
+        assert [i.item_id for i in a.items] == [i.item_id for i in b.items] == [i.item_id for i in c.items] \
+            == [i.item_id for i in d.items]
+        assert np.allclose([i.score for i in a.items], [i.score for i in c.items], atol=1e-5)
+    assert auto_raw[0].id_type == "raw_id" and auto_item[0].id_type == "item_id"
+
+
+def test_unknown_ids_are_reported_not_dropped_silently(recommender, test_rows):
+    hist = [asin(i) for i in test_rows[0]["history"]]
+    clean, noisy = recommender.recommend([hist, ["NOPE-1"] + hist + ["B999999999"]], k=5, id_type="raw_id")
+    assert noisy.unknown == ["NOPE-1", "B999999999"] and clean.unknown == []
+    assert [i.item_id for i in noisy.items] == [i.item_id for i in clean.items]
+    none_known, empty = recommender.recommend([["NOPE"], []], k=5)
+    assert none_known.items == [] and none_known.unknown == ["NOPE"] and "no known items" in none_known.reason
+    assert empty.items == [] and "empty history" in empty.reason
+    with pytest.raises(Exception, match="list of histories"):
+        recommender.recommend([1, 2, 3])
+
+
+def test_long_history_keeps_the_newest_items(recommender, test_rows):
+    m = recommender.max_history
+    long = [(i % recommender.num_items) + 1 for i in range(m + 7)]
+    a, b = recommender.recommend([long, long[-m:]], k=5, id_type="item_id")
+    assert a.truncated == 7 and a.history == long[-m:] and b.truncated == 0
+    assert [i.item_id for i in a.items] == [i.item_id for i in b.items]
+
+
+def test_cli_recommend_table_and_json(trained_run, test_rows, capsys):
+    hist = " ".join(asin(i) for i in test_rows[0]["history"])
+    assert main(["recommend", str(trained_run), "--history", hist, "--k", "5"]) == 0
+    out = capsys.readouterr().out
+    assert "rank" in out and "reasoning path" in out and "level" in out
+    assert main(["recommend", str(trained_run), "--history", hist + " NOPE", "--k", "5", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert len(data) == 1 and len(data[0]["items"]) == 5 and data[0]["unknown"] == ["NOPE"]
+    assert {"item_id", "raw_id", "title", "score", "path"} <= set(data[0]["items"][0])
+    assert data[0]["reasoning"] and data[0]["id_type"] == "raw_id"
+    assert main(["recommend", str(trained_run), "--history", "NOPE ALSO-NOPE"]) == 2
+    assert "no known items" in capsys.readouterr().err
+
+
+def test_truncated_checkpoint_gives_a_clear_error(run_copy, capsys):
+    from s2gr_ray.serving.api import Recommender, ServingError
+
+    weights = run_copy / "model" / "model.pt"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ServingError, match=r"model\.pt cannot be read.*corrupted or truncated"):
+        Recommender.load(run_copy, device="cpu")
+    assert main(["recommend", str(run_copy), "--history", "1 2"]) == 2
+    assert "corrupted or truncated" in capsys.readouterr().err
+    (run_copy / "model" / "model.pt").unlink()
+    with pytest.raises(ServingError, match="no trained model"):
+        Recommender.load(run_copy, device="cpu")
+
+
+@pytest.mark.parametrize("edit", ["tokenizer_hash", "level_sizes", "tokenizer_manifest"])
+def test_mismatched_tokenizer_is_refused(run_copy, edit):
+    from s2gr_ray.serving.api import Recommender, ServingError
+
+    sig_path = run_copy / "model" / "signature.json"
+    sig = json.loads(sig_path.read_text())
+    if edit == "tokenizer_hash":
+        sig["tokenizer_hash"] = "0123456789abcdef"
+    elif edit == "level_sizes":
+        sig["level_sizes"] = [s + 1 for s in sig["level_sizes"]]
+    if edit == "tokenizer_manifest":  # the tokenizer was rebuilt after training: its hash changed
+        man_path = run_copy / "tokenizer" / "manifest.json"
+        man = json.loads(man_path.read_text())
+        man["hash"] = "fedcba9876543210"
+        man_path.write_text(json.dumps(man))
+    else:
+        sig_path.write_text(json.dumps(sig))
+    field = "level_sizes" if edit == "level_sizes" else "tokenizer_hash"
+    with pytest.raises(ServingError, match=f"tokenizer/model mismatch.*{field}.*retrain"):
+        Recommender.load(run_copy, device="cpu")

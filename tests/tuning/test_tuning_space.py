@@ -1,0 +1,166 @@
+"""⑨ Search-space files and sweep results without Ray: validation fails before any trial, tables, best.yaml."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+import yaml
+
+from s2gr_ray.config import ConfigError, load_config
+from s2gr_ray.tuning.results import best_row, trial_rows, write_best, write_table
+from s2gr_ray.tuning.space import decode_params, encode_value, load_space, trial_config
+
+REPO = Path(__file__).resolve().parents[2]
+SPACES = sorted((REPO / "search_spaces").glob("*.yaml"))
+
+
+def write_space(tmp_path: Path, **fields) -> Path:
+    data = {"base": str(REPO / "configs" / "quickstart.yaml"),
+            "params": {"model.n_think": {"randint": [0, 2]}}}
+    data.update(fields)
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("path", SPACES, ids=[p.name for p in SPACES])
+def test_every_provided_space_loads_and_validates(path):
+    spec = load_space(path)
+    assert spec.params and spec.num_samples >= 1
+    assert spec.base.name == ("quickstart" if path.name == "ci_tiny.yaml" else "beauty")
+    for point in spec.points_to_evaluate:
+        trial_config(spec.base, point)  # valid full configs
+    keys = {p.key for p in spec.params}
+    if path.name in ("codebook.yaml", "joint.yaml"):
+        assert "tokenizer.codebook_sizes" in keys
+    if path.name in ("reasoning.yaml", "joint.yaml", "ci_tiny.yaml"):
+        assert "model.n_think" in keys
+
+
+def test_expected_spaces_exist():
+    assert {p.name for p in SPACES} >= {"codebook.yaml", "reasoning.yaml", "joint.yaml", "ci_tiny.yaml"}
+
+
+def test_unknown_key_fails_before_anything_starts(tmp_path):
+    import ray
+
+    from s2gr_ray.tuning.sweep import tune_command
+
+    space = write_space(tmp_path, params={"model.n_thnk": {"randint": [0, 2]}})
+    out = tmp_path / "out"
+    with pytest.raises(ConfigError, match="did you mean 'model.n_think'"):
+        tune_command(space, [], out, log=lambda m: None)
+    assert not out.exists() and not ray.is_initialized()
+
+
+@pytest.mark.parametrize("params, match", [
+    ({"data.max_history": {"choice": [10, 20]}}, "cannot be searched"),
+    ({"model.placement": {"choice": ["stepwise", "sideways"]}}, "'sideways' gives an invalid config"),
+    ({"model.n_think": {"choise": [0, 1]}}, "did you mean 'choice'"),
+    ({"model.w_align": {"loguniform": [0.0, 1.0]}}, "low > 0"),
+    ({"model.n_think": {"randint": [2, 1]}}, "low < high"),
+    ({"model.n_think": [0, 1]}, "one mapping like"),
+])
+def test_bad_distributions_fail_naming_the_key(tmp_path, params, match):
+    with pytest.raises(ConfigError, match=match):
+        load_space(write_space(tmp_path, params=params))
+
+
+def test_top_level_metric_and_points_are_checked(tmp_path):
+    with pytest.raises(ConfigError, match="did you mean 'num_samples'"):
+        load_space(write_space(tmp_path, num_sample=3))
+    with pytest.raises(ConfigError, match="K in eval.ks"):
+        load_space(write_space(tmp_path, metric="valid/ndcg@20"))
+    with pytest.raises(ConfigError, match="test metrics are not tuned on"):
+        load_space(write_space(tmp_path, metric="test/ndcg@10"))
+    with pytest.raises(ConfigError, match="outside its distribution"):
+        load_space(write_space(tmp_path, points_to_evaluate=[{"model.n_think": 5}]))
+    with pytest.raises(ConfigError, match="base preset"):
+        load_space(write_space(tmp_path, base="nope.yaml"))
+    assert load_space(write_space(tmp_path, metric="train/loss")).mode == "min"
+
+
+def test_cross_field_values_pass_when_some_combination_is_valid(tmp_path):
+    # num_coarse 12 is invalid with [8, 8] codebooks but valid with [16, 16]: allowed, reported as a note
+    spec = load_space(write_space(tmp_path, overrides={"tokenizer.codebook_sizes": [8, 8], "tokenizer.num_coarse": 2},
+                                  params={"tokenizer.codebook_sizes": {"choice": [[8, 8], [16, 16]]},
+                                          "tokenizer.num_coarse": {"choice": [2, 12]}}))
+    assert any("cross-field" in n for n in spec.notes)  # some draws (12 with [8, 8]) will end as ERROR
+    with pytest.raises(ConfigError, match="num_coarse"):  # 40 exceeds every codebook: no valid combination
+        load_space(write_space(tmp_path, params={"tokenizer.codebook_sizes": {"choice": [[8, 8], [16, 16]]},
+                                                 "tokenizer.num_coarse": {"choice": [2, 40]}}))
+
+
+def test_list_choices_travel_encoded_and_cli_overrides_apply(tmp_path):
+    spec = load_space(write_space(tmp_path, params={"tokenizer.codebook_sizes": {"choice": [[8, 8], [16, 16, 16]]}}),
+                      ["train.lr=0.01"], trials=3)
+    (p,) = spec.params
+    assert p.values == ("[8, 8]", "[16, 16, 16]") and spec.num_samples == 3 and spec.base.train.lr == 0.01
+    assert decode_params({p.key: encode_value([16, 16, 16])}) == {p.key: [16, 16, 16]}
+    assert trial_config(spec.base, {p.key: "[16, 16, 16]"}).tokenizer.codebook_sizes == (16, 16, 16)
+
+
+def test_grid_spaces(tmp_path):
+    spec = load_space(write_space(tmp_path, params={"model.n_think": {"grid": [0, 1, 2]},
+                                                    "model.placement": {"grid": ["stepwise", "upfront"]}}))
+    assert spec.all_grid and spec.num_samples == 6  # GridSampler covers the whole grid by default
+    mixed = load_space(write_space(tmp_path, params={"model.n_think": {"grid": [0, 1]},
+                                                     "model.w_align": {"uniform": [0.5, 1.0]}}))
+    assert not mixed.all_grid and any("sampled as choices" in n for n in mixed.notes)
+
+
+def _result(tid, metric_hist, final=False, error=None, params=None, path=None):
+    df = pd.DataFrame({"epoch": list(range(1, len(metric_hist) + 1)), "valid/ndcg@10": metric_hist}) \
+        if metric_hist else None
+    metrics = {"valid/ndcg@10": metric_hist[-1], "time_total_s": 12.0, "test/ndcg@10": 0.3} if metric_hist else {}
+    if final:
+        metrics["final"] = 1
+    return SimpleNamespace(path=str(path or f"/x/sweep/{tid}"), metrics=metrics, metrics_dataframe=df, error=error,
+                           config=params or {})
+
+
+def test_table_statuses_and_best_yaml_round_trip(tmp_path):
+    spec = load_space(REPO / "search_spaces" / "ci_tiny.yaml")
+    grid = [_result("b", [0.1, 0.3], final=True, params={"tokenizer.codebook_sizes": "[16, 16]", "model.n_think": 2}),
+            _result("a", [0.2, 0.1], params={"tokenizer.codebook_sizes": "[8, 8]", "model.n_think": 0}),
+            _result("c", [], error=RuntimeError("boom\nValueError: tokenizer failed"), path=tmp_path / "c")]
+    (tmp_path / "c").mkdir()  # a trial that failed before reporting: its params come from Tune's params.json
+    (tmp_path / "c" / "params.json").write_text('{"tokenizer.codebook_sizes": "[8, 8]", "model.n_think": 1}')
+    rows = trial_rows(grid, spec)
+    assert [(r["trial_id"], r["status"]) for r in rows] == [("a", "STOPPED"), ("b", "COMPLETED"), ("c", "ERROR")]
+    assert rows[0]["metric"] == 0.2 and math.isnan(rows[2]["metric"]) and "tokenizer failed" in rows[2]["error"]
+    assert rows[2]["params"] == {"tokenizer.codebook_sizes": [8, 8], "model.n_think": 1}
+    md = write_table(rows, spec, tmp_path / "trials.csv")
+    csv = pd.read_csv(tmp_path / "trials.csv")
+    assert len(csv) == 3 and list(csv["status"]) == ["STOPPED", "COMPLETED", "ERROR"]
+    assert csv.loc[1, "tokenizer.codebook_sizes"] == "[16, 16]" and "| b | COMPLETED | 0.3 |" in md
+    best = best_row(rows, spec)
+    assert best["trial_id"] == "b"
+    cfg = load_config(write_best(best, spec, tmp_path))
+    assert cfg == trial_config(spec.base, best["params"])
+    assert cfg.tokenizer.codebook_sizes == (16, 16) and cfg.model.n_think == 2
+    assert (tmp_path / "best.yaml").read_text().startswith("# Best trial b")
+
+
+def test_searcher_grid_and_forced_points_without_a_cluster(tmp_path):
+    """OptunaSearch as the sweep builds it: forced points first, GridSampler covering an all-grid space once."""
+    from s2gr_ray.tuning.sweep import _searcher
+
+    grid = load_space(write_space(tmp_path, params={"model.n_think": {"grid": [0, 1, 2]},
+                                                    "tokenizer.codebook_sizes": {"grid": [[8, 8], [16, 16]]}}))
+    search = _searcher(grid, tmp_path)
+    seen = {tuple(sorted(search.suggest(f"t{i}").items())) for i in range(6)}
+    assert len(seen) == 6 and {dict(s)["tokenizer.codebook_sizes"] for s in seen} == {"[8, 8]", "[16, 16]"}
+    assert (tmp_path / "optuna.db").exists()
+
+    forced = load_space(write_space(tmp_path, params={"model.n_think": {"randint": [0, 2]},
+                                                      "model.w_align": {"loguniform": [0.1, 3.0]}},
+                                    points_to_evaluate=[{"model.n_think": 2, "model.w_align": 0.5}]))
+    (tmp_path / "f").mkdir()
+    search = _searcher(forced, tmp_path / "f")
+    assert search.suggest("a") == {"model.n_think": 2, "model.w_align": 0.5}
+    nxt = search.suggest("b")
+    assert nxt["model.n_think"] in (0, 1, 2) and 0.1 <= nxt["model.w_align"] <= 3.0
