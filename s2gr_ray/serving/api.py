@@ -171,8 +171,8 @@ class Recommender:
         try:
             model.load_state_dict(state, strict=True)
         except RuntimeError as exc:
-            raise ServingError(f"{weights} does not fit the model described by {where} "
-                               f"({str(exc).splitlines()[0]} ...); the files come from different runs: retrain") from None
+            raise ServingError(f"{weights} does not fit the model described by {where} ({str(exc).splitlines()[0]}"
+                               " ...); the files come from different runs: retrain") from None
         model.to(dev).eval()
         catalog = _read_catalog(run, tok.num_items)
         labels = cluster_labels(tok.sids, tok.code_to_cluster, [len(c) for c in tok.coarse_centres],
@@ -189,10 +189,12 @@ class Recommender:
 
     def _item_id(self, token: Any) -> int | None:
         try:
-            value = int(token) if not isinstance(token, float) or float(token).is_integer() else None
-        except (TypeError, ValueError):
+            value = int(token)
+        except (TypeError, ValueError, OverflowError):
             return None
-        return value if value is not None and 1 <= value <= self.num_items else None
+        if isinstance(token, float) and token != value:
+            return None
+        return value if 1 <= value <= self.num_items else None
 
     def resolve(self, history: Any, id_type: str = "auto") -> tuple[list[int], list[str], str]:
         """One history (ids, or a space/comma-separated string) -> (item ids, unknown ids, id_type used)."""

@@ -191,8 +191,9 @@ def build_report(run: str | Path, num_users: int = 5, k: int = 10, out: str | Pa
     manifest = artifacts.read_json(run / "manifest.json") if (run / "manifest.json").exists() else {}
     page = (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>s2gr report: {_e(run.name)}'
             f"</title><style>{_CSS}</style>{_SCRIPT}</head><body>\n<h1>S²GR run report: {_e(run.name)}</h1>\n"
-            f'<p class="muted">{_e(run)} — {_e(manifest.get("source", ""))}, {_e(manifest.get("num_items", "?"))} '
-            f'items, {_e(manifest.get("num_users", "?"))} users — generated {time.strftime("%Y-%m-%d %H:%M:%S")}</p>\n'
+            f'<p class="muted">{_e(run)} — {_e(manifest.get("source", ""))}, '
+            f'{_e(manifest.get("num_items", "?"))} items, {_e(manifest.get("num_users", "?"))} users — '
+            f'generated {time.strftime("%Y-%m-%d %H:%M:%S")}</p>\n'
             + "\n".join(body) + "\n</body></html>\n")
     path = Path(out) if out else run / "report.html"
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")

@@ -114,6 +114,7 @@ def score_users(run: str | Path, users: str | Path, out: str | Path, k: int = 10
     if min(k, batch_size, concurrency, rows_per_file) < 1:
         raise ValueError("k, batch size, concurrency and rows per file must be >= 1")
     run = Path(run).resolve()
+    _check_out(str(out), run)
     Recommender.load(run, device="cpu")  # fail fast, in the driver, on a bad run (before any actor starts)
     init_ray(RayConfig(address=ray_address), use_gpu=bool(gpus_per_actor), log=log)
     ctx = ray.data.DataContext.get_current()
@@ -144,6 +145,21 @@ def score_users(run: str | Path, users: str | Path, out: str | Path, k: int = 10
     log(f"score: wrote {rows if rows is not None else '?'} users in {seconds:.1f}s "
         f"({(rows or 0) / max(seconds, 1e-9):,.0f} users/s) to {out_text}")
     return summary
+
+
+def _check_out(out: str, run: Path) -> None:
+    """The output folder is replaced as a whole: refuse one that holds anything but earlier score shards."""
+    if "://" in out:
+        return
+    path = Path(out).resolve()
+    if path == run or path in run.parents:
+        raise ValueError(f"--out {out} would replace the run directory {run}; choose a separate folder")
+    if path.exists():
+        other = [p.name for p in path.iterdir()] if path.is_dir() else [path.name]
+        other = [n for n in other if not n.endswith(".parquet")]
+        if other:
+            raise ValueError(f"--out {out} exists and holds {other[:3]} (not score shards); the output folder is "
+                             "replaced as a whole, so choose a new or empty folder")
 
 
 def default_concurrency() -> int:

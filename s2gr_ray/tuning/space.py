@@ -31,6 +31,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,7 +68,6 @@ class Param:
             return rng.randint(int(self.low), int(self.high))
         if self.kind == "uniform":
             return rng.uniform(self.low, self.high)
-        import math
         return math.exp(rng.uniform(math.log(self.low), math.log(self.high)))
 
     def contains(self, encoded: Any) -> bool:

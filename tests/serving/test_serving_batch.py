@@ -51,7 +51,7 @@ def test_score_parquet_matches_the_api(trained_run, recommender, test_rows, ray_
     assert got[9002]["items"] == [] and "no known items" in got[9002]["reason"]
 
 
-def test_cli_score_csv_string_histories(trained_run, recommender, test_rows, ray_local, tmp_path):
+def test_cli_score_csv_string_histories(trained_run, recommender, test_rows, ray_local, tmp_path, capsys):
     rows = test_rows[:12]
     path = tmp_path / "users.csv"
     pacsv.write_csv(pa.table({"user_id": [r["user_id"] for r in rows],
@@ -65,6 +65,12 @@ def test_cli_score_csv_string_histories(trained_run, recommender, test_rows, ray
     bad = tmp_path / "bad.csv"
     bad.write_text("uid,items\n1,2 3\n")
     assert main(["score", str(trained_run), "--users", str(bad), "--out", str(tmp_path / "x")]) == 2
+    assert "lacks column" in capsys.readouterr().err
+    # the output folder is replaced as a whole: never one that holds other files (e.g. the run itself)
+    assert main(["score", str(trained_run), "--users", str(path), "--out", str(trained_run)]) == 2
+    assert "run directory" in capsys.readouterr().err and (trained_run / "model" / "model.pt").exists()
+    assert main(["score", str(trained_run), "--users", str(path), "--out", str(tmp_path)]) == 2
+    assert "not score shards" in capsys.readouterr().err
 
 
 def test_cli_evaluate_reproduces_training_test_metrics(trained_run, ray_local, capsys):
