@@ -107,6 +107,7 @@ def row_of(name: str, report: dict) -> dict:
     f = lambda v: "" if v is None else round(float(v), 4)  # noqa: E731
     row = {"arm": name}
     row.update({f"util_L{x['level']}": f(x["utilization"]) for x in lv})
+    row["util_mean"] = f(report["utilization"])
     row.update({f"ppl_L{x['level']}": round(x["perplexity"], 1) for x in lv})
     row.update({"collision_rate": f(report["collision_rate"]), "dedup_size": report["level_sizes"][-1],
                 "recon_nmse": f(report["reconstruction_nmse"]), "recon_target": report["reconstruction_target"],
@@ -128,7 +129,7 @@ def scale_check(num_items: int, epochs: int) -> None:
     lengths = rng.integers(5, 16, users)
     flat = rng.integers(1, num_items + 1, int(lengths.sum()))
     seqs = np.split(flat, np.cumsum(lengths)[:-1])
-    cfg = TokenizerConfig(epochs=epochs, batch_size=4096, log_every=1)
+    cfg = TokenizerConfig(epochs=epochs, batch_size=4096, log_every=1, max_dedup=num_items)  # timing only
     t0 = time.time()
     tok = fit_tokenizer(emb, seqs, cfg, log=lambda m: print(f"[{time.time() - t0:6.1f}s] {m}"))
     t1 = time.time()
@@ -190,7 +191,9 @@ def main() -> None:
         "util/ppl = codes used / codes and usage perplexity per level; collision_rate = items sharing their "
         "full semantic SID before dedup; dedup_size = largest collision group; recon_nmse = decoder MSE / "
         "target variance (target H_align for CoBa with co-occurrence, X otherwise; quantisation residual for "
-        "RQ-KMeans); purity/NMI of level-1 codes and level-1 coarse clusters vs the top category.\n\n"
+        "RQ-KMeans); purity/NMI of level-1 codes and level-1 coarse clusters vs the top category; fit_s = "
+        "wall seconds of fit_tokenizer (graph, training, assignment, coarse clusters, report). The paper reports "
+        "codebook utilization 99.30% (CoBa) vs 95.86% (plain RQ-VAE).\n\n"
         f"{table}\n\nBase config: `{cfg_text}`\n", encoding="utf-8")
     print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.csv')}")
 

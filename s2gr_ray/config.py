@@ -110,7 +110,7 @@ class TokenizerConfig:
     appnp_steps: int = 3
     # CoBa part 2: uniformity repulsion between code vectors of one level
     uniformity: bool = True
-    uniformity_margin: float = 0.5  # δ as a fraction of the level's mean pairwise code distance (balance.py)
+    uniformity_margin: float = 0.25  # δ as a fraction of the level's mean pairwise code distance (balance.py)
     uniformity_weight: float = 1.0
     # CoBa part 3: auxiliary-loss-free load balancing (selection bias)
     balance: bool = True

@@ -57,7 +57,9 @@ class RQVAE(nn.Module):
                     idx = (d + balance.effective(lvl)[None, :]).argmin(1)
                 else:
                     idx = d.argmin(1)
-            e = book[idx]
+            # one-hot matmul instead of book[idx]: the backward of indexing accumulates with atomics on CPU
+            # and broke run-to-run determinism; a GEMM is deterministic (and cheap: B x C x D)
+            e = torch.nn.functional.one_hot(idx, book.shape[0]).to(book.dtype) @ book
             cb_losses.append(torch.mean((e - residual.detach()) ** 2))
             commit_losses.append(torch.mean((residual - e.detach()) ** 2))
             if train and balance is not None:

@@ -3,7 +3,6 @@ import ast
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from s2gr_ray import artifacts
