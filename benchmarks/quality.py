@@ -28,8 +28,8 @@ sys.path.insert(0, str(REPO))
 from s2gr_ray.config import load_config  # noqa: E402
 
 ARMS: dict[str, list[str]] = {
-    "tiger": ["tokenizer.kind=rqvae", "model.n_think=0"],
-    "tiger_coba": ["model.n_think=0"],
+    "tiger": ["tokenizer.kind=rqvae", "model.n_think=0", "model.aux_decoder_layers=0"],
+    "tiger_coba": ["model.n_think=0", "model.aux_decoder_layers=0"],
     "s2gr_upfront": ["model.placement=upfront"],
     "s2gr": [],
     "s2gr_no_align": ["model.w_align=0"],

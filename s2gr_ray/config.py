@@ -197,6 +197,7 @@ class EvalConfig:
     batch_size: int = 256
     min_history_view: int = 10  # the paper's view keeps test users with >= this many history items
     max_users: int = 0  # 0 = all users of the split
+    valid_users: int = 0  # users of the per-epoch validation (model selection); 0 = max_users
 
 
 @dataclass(frozen=True)
@@ -269,7 +270,7 @@ _NON_NEGATIVE = {
     "model.aux_decoder_layers", "model.n_think", "model.w_rec", "model.w_align",
     "model.w_infonce", "model.w_reg", "train.weight_decay", "train.warmup_steps", "train.grad_clip",
     "train.patience", "train.max_failures", "train.torch_threads", "train.gpus_per_worker", "train.max_steps_per_epoch", "eval.min_history_view",
-    "eval.max_users", "ray.num_cpus",
+    "eval.max_users", "eval.valid_users", "ray.num_cpus",
 }
 _UNIT_INTERVAL = {"data.synthetic.stay_probability", "tokenizer.appnp_alpha", "model.dropout"}
 

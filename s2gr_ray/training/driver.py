@@ -89,7 +89,7 @@ def train_stage(cfg: Config, run: Path, log: Callable[[str], None] = print, call
     init_ray(cfg.ray, cfg.train.use_gpu, log)
     _check_resources(cfg)
 
-    max_rows = {"valid": cfg.eval.max_users, "test": cfg.eval.max_users} if cfg.eval.max_users else None
+    max_rows = {"valid": cfg.eval.valid_users or cfg.eval.max_users, "test": cfg.eval.max_users}
     datasets = build_datasets(run, tok["sids"], cfg.data.max_history, max_rows=max_rows)
     storage = cfg.train.storage_path or str(artifacts.train_dir(run))
     if "://" not in storage:
