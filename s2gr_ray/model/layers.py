@@ -63,8 +63,40 @@ class Attention(nn.Module):
         """q_in [N, n, D] (unprojected), k/v [N, H, S, E], mask broadcastable to [N, H, n, S] (True = attend)."""
         q = self._split(self.q(q_in))
         p = self.dropout if self.training else 0.0
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+        if q_in.size(1) == 1:  # one query (the thinking chain's steps): see _attend_one
+            out = self._attend_one(q[:, :, 0], k, v, mask, p)[:, :, None]
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
         return self.o(out.transpose(1, 2).reshape(q_in.size(0), q_in.size(1), self.h * self.e))
+
+    def _attend_one(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, p: float) -> Tensor:
+        """Attention of a single query per row, q [N, H, E] vs k/v [N, H, S, E] -> [N, H, E].
+
+        Broadcast multiply-and-sum instead of scaled_dot_product_attention: with one query the fused kernel's
+        backward zero-fills and re-reads whole [N, H, S, E] buffers per call, which made the stepwise thinking
+        chain (one decoder call per slot) ~1.5x slower than the same work as one call on CPU. Same math."""
+        scores = (q[:, :, None, :] * k).sum(-1) * self.e ** -0.5  # [N, H, S]
+        if mask is not None:
+            scores = scores.masked_fill(~mask.reshape(mask.size(0), -1, mask.size(-1)), float("-inf"))
+        a = F.dropout(scores.softmax(-1), p, training=p > 0)
+        return (a[..., None] * v).sum(2)
+
+    def attend_memory(self, q_in: Tensor, memory: Tensor, mask: Tensor) -> Tensor:
+        """One query per row against the unprojected memory: q_in [N, 1, D], memory [N, M, D], mask [N, M].
+
+        Exactly attend(q_in, *project_kv(memory), mask) re-associated: q·(W_k m) = (W_k^T q)·m and
+        Σ a·(W_v m) = W_v (Σ a·m), so the memory is never projected to per-head K/V (H*E x M per row). The
+        auxiliary decoder (one learned query) uses it: its cost no longer grows with d_head * heads * M."""
+        n, h, e = q_in.size(0), self.h, self.e
+        d = q_in.size(-1)
+        q = self.q(q_in[:, 0]).view(n, h, e)
+        qk = torch.einsum("nhe,hed->nhd", q, self.k.weight.view(h, e, d))  # [N, H, D]
+        scores = torch.bmm(qk, memory.transpose(1, 2)) * e ** -0.5  # [N, H, M]
+        scores = scores.masked_fill(~mask[:, None, :], float("-inf"))
+        a = F.dropout(scores.softmax(-1), self.dropout, training=self.training)
+        ctx = torch.bmm(a, memory)  # [N, H, D]
+        out = torch.einsum("nhd,hed->nhe", ctx, self.v.weight.view(h, e, d))
+        return self.o(out.reshape(n, 1, h * e))
 
     def attend_beams(self, q_in: Tensor, k: Tensor, v: Tensor, mask: Tensor, beams: int) -> Tensor:
         """Cross-attention of B*K beam rows against per-user memory k/v [B, H, M, E] without copying it.
@@ -103,8 +135,10 @@ class DecoderCache:
     cross_k / cross_v: [B, H, M, E] per layer, computed once per user and shared by all of the user's beams.
     """
 
-    def __init__(self, cross_k: list[Tensor], cross_v: list[Tensor], memory_mask: Tensor) -> None:
+    def __init__(self, cross_k: list[Tensor], cross_v: list[Tensor], memory_mask: Tensor,
+                 memory: Tensor | None = None) -> None:
         self.cross_k, self.cross_v = cross_k, cross_v
+        self.memory = memory  # unprojected memory [B, M, D] when the K/V are not precomputed (attend_memory)
         self.cross_mask = memory_mask[:, None, None, :]  # [B, 1, 1, M]
         self.self_k: list[Tensor | None] = [None] * len(cross_k)
         self.self_v: list[Tensor | None] = [None] * len(cross_k)
@@ -150,7 +184,9 @@ class DecoderLayer(nn.Module):
                 mask = torch.arange(s, device=x.device)[None, :] <= torch.arange(s - n, s, device=x.device)[:, None]
             x = x + self.drop(self.self_attn.attend(h, k, v, mask))
         h = self.norm2(x)
-        if cache.beams == 1:
+        if cache.memory is not None:
+            a = self.cross_attn.attend_memory(h, cache.memory, cache.cross_mask[:, 0, 0])
+        elif cache.beams == 1:
             a = self.cross_attn.attend(h, cache.cross_k[i], cache.cross_v[i], cache.cross_mask)
         else:
             a = self.cross_attn.attend_beams(h, cache.cross_k[i], cache.cross_v[i], cache.cross_mask, cache.beams)
@@ -169,8 +205,12 @@ class Decoder(nn.Module):
         self.final_norm = RMSNorm(d_model)
         self.drop = nn.Dropout(dropout)
 
-    def new_cache(self, memory: Tensor, memory_mask: Tensor) -> DecoderCache:
-        """memory [B, M, D] (encoder output), memory_mask [B, M] True = real item token."""
+    def new_cache(self, memory: Tensor, memory_mask: Tensor, project: bool = True) -> DecoderCache:
+        """memory [B, M, D] (encoder output), memory_mask [B, M] True = real item token.
+
+        project=False keeps the memory unprojected for single-query decoders (Attention.attend_memory)."""
+        if not project:
+            return DecoderCache([], [], memory_mask, memory)
         ks, vs = [], []
         for layer in self.layers:
             k, v = layer.cross_attn.project_kv(memory)

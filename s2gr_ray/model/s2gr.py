@@ -197,7 +197,7 @@ class S2GR(nn.Module):
 
     def aux_vector(self, memory: Tensor, memory_mask: Tensor) -> Tensor:
         """Overall-interest vector v_g [B, D]: one learned query reading the encoder output."""
-        cache = self.aux_decoder.new_cache(memory, memory_mask)
+        cache = self.aux_decoder.new_cache(memory, memory_mask, project=False)
         return self.aux_decoder(self.aux_query.expand(memory.size(0), 1, -1), cache)[:, 0]
 
     # -------------------------------------------------------------------------------------------- training

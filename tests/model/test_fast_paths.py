@@ -1,0 +1,97 @@
+"""The speed paths compute what the reference paths compute (benchmarks/speed.py measures their gain).
+
+Before/after checks of the optimisations in layers.py: each fast path is compared, outputs and gradients, with the
+straightforward formulation it replaced (scaled_dot_product_attention over projected K/V).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from s2gr_ray.config import ModelConfig
+from s2gr_ray.model.layers import Attention, Decoder
+from s2gr_ray.model.s2gr import S2GR
+from s2gr_ray.model.toy import random_catalog, random_clusters
+
+
+def _reference_attend(att: Attention, q_in, k, v, mask):
+    q = att._split(att.q(q_in))
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    return att.o(out.transpose(1, 2).reshape(q_in.size(0), q_in.size(1), att.h * att.e))
+
+
+def _masked_memory(b=5, m=7, d=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    memory = torch.randn(b, m, d, generator=g, requires_grad=True)
+    mask = torch.rand(b, m, generator=g) > 0.4
+    mask[:, 0] = True
+    return memory, mask
+
+
+def test_single_query_attention_matches_sdpa_values_and_gradients():
+    torch.manual_seed(0)
+    att = Attention(16, 3, 8, dropout=0.0)
+    memory, mask = _masked_memory()
+    q_in = torch.randn(5, 1, 16, requires_grad=True)
+    k, v = att.project_kv(memory)
+    fast = att.attend(q_in, k, v, mask[:, None, None, :])
+    ref = _reference_attend(att, q_in, k, v, mask[:, None, None, :])
+    assert torch.allclose(fast, ref, atol=1e-5)
+    params = (q_in, memory, att.q.weight, att.k.weight)
+    g_fast = torch.autograd.grad(fast.square().sum(), params, retain_graph=True)
+    g_ref = torch.autograd.grad(ref.square().sum(), params)
+    for a, b in zip(g_fast, g_ref):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_unprojected_memory_attention_matches_projected():
+    torch.manual_seed(1)
+    att = Attention(16, 3, 8, dropout=0.0)  # heads * d_head != d_model, as T5's 6 x 64 with d_model 128
+    memory, mask = _masked_memory(seed=1)
+    q_in = torch.randn(5, 1, 16, requires_grad=True)
+    fast = att.attend_memory(q_in, memory, mask)
+    ref = _reference_attend(att, q_in, *att.project_kv(memory), mask[:, None, None, :])
+    assert torch.allclose(fast, ref, atol=1e-5)
+    params = (q_in, memory, att.q.weight, att.k.weight, att.v.weight, att.o.weight)
+    for a, b in zip(torch.autograd.grad(fast.sum(), params), torch.autograd.grad(ref.sum(), params)):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_auxiliary_decoder_same_with_and_without_projected_memory():
+    torch.manual_seed(2)
+    dec = Decoder(2, 16, 2, 8, 32, dropout=0.0, self_attention=False).eval()
+    memory, mask = _masked_memory(seed=2)
+    query = torch.randn(5, 1, 16)
+    fast = dec(query, dec.new_cache(memory, mask, project=False))
+    ref = dec(query, dec.new_cache(memory, mask))
+    assert torch.allclose(fast, ref, atol=1e-5)
+
+
+def test_stepwise_teacher_forcing_equals_one_full_causal_pass():
+    """The thinking chain runs one decoder call per slot (single-query path); feeding the same inputs as one
+    causal multi-token call (the fused attention kernel) must give the same outputs."""
+    torch.manual_seed(3)
+    sids, sizes = random_catalog(60, (8, 8, 8), dedup=True, seed=0)
+    centres, c2c = random_clusters([8, 8, 8], 4, 6, seed=0)
+    cfg = ModelConfig(d_model=32, num_heads=2, d_head=16, d_ff=64, encoder_layers=1, decoder_layers=2,
+                      aux_decoder_layers=1, dropout=0.0, n_think=1)
+    model = S2GR(cfg, sizes, 3, centres, c2c, max_history=5).eval()
+    history = torch.as_tensor(sids[torch.randint(0, 60, (4, 5)).numpy()])
+    mask = torch.ones(4, 5, dtype=torch.bool)
+    target = torch.as_tensor(sids[:4])
+    memory, mmask = model.encode(history, mask)
+    tf = model.decode_teacher_forced(memory, mmask, target)
+    # rebuild the full input sequence from the chain's own thinking vectors and decode it in one call
+    inputs, t = [], 0
+    for slot in model.plan[:-1]:
+        if slot.kind == "bos":
+            inputs.append(model.bos_input(4)[:, 0])
+        elif slot.kind == "think":
+            inputs.append(tf.thinks[:, t])
+            t += 1
+        else:
+            inputs.append(model.code_input(slot.level, target[:, slot.level]))
+    y = model.decode_step(torch.stack(inputs, 1), model.new_cache(memory, mmask))
+    code_slots = [i for i, s in enumerate(model.plan) if s.kind == "code"]
+    for level, slot in enumerate(code_slots):
+        assert torch.allclose(model.code_logits(y[:, slot - 1], level), tf.logits[level], atol=1e-4)
