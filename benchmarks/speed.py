@@ -11,6 +11,7 @@ Writes benchmarks/results/speed.{md,csv} and prints the table. Sections:
   decode   constrained beam search users/s at beam 20, TIGER size, S²GR vs TIGER, 12,101-item catalog
   catalog  decode users/s on 10,000 vs 1,000,000 items; trie build and residual assignment time for 1M items
   ray      Ray Data + Ray Train (1 worker, DeepSpeed) samples/s vs a bare in-process loop, same model and rows
+  memory   peak memory of a full training epoch over 1x vs 10x the Beauty training rows (synthetic)
 On a CUDA machine the train section also reports the fraction of the card's bf16 peak (--peak-tflops).
 """
 from __future__ import annotations
@@ -36,7 +37,8 @@ from s2gr_ray.model.s2gr import S2GR  # noqa: E402
 from s2gr_ray.model.toy import random_catalog, random_clusters  # noqa: E402
 
 TIGER = dict(d_model=128, num_heads=6, d_head=64, d_ff=1024, encoder_layers=4, decoder_layers=4, aux_decoder_layers=2)
-SMALL = dict(d_model=64, num_heads=2, d_head=32, d_ff=256, encoder_layers=2, decoder_layers=2, aux_decoder_layers=1)
+# the CPU Beauty preset's model (configs/beauty.yaml)
+SMALL = dict(d_model=64, num_heads=4, d_head=32, d_ff=256, encoder_layers=2, decoder_layers=2, aux_decoder_layers=1)
 SEM = (256, 256, 256)
 ROWS: list[dict] = []
 
@@ -51,6 +53,8 @@ def record(section: str, name: str, value: float, unit: str, note: str = "") -> 
 
 
 def make_model(size: dict, n_think: int, level_sizes, device, **kw) -> S2GR:
+    if n_think == 0:  # TIGER: no thinking, so no auxiliary decoder either
+        size = {**size, "aux_decoder_layers": 0}
     cfg = ModelConfig(**size, n_think=n_think, dropout=0.1, **kw)
     centres, c2c = random_clusters(list(level_sizes[:3]), 16, 32, seed=0)
     return S2GR(cfg, level_sizes, 3, centres, c2c, max_history=20).to(device)
@@ -195,7 +199,7 @@ def bench_ray(args, device) -> None:
     t0, seen = time.perf_counter(), 0
     for batch in pq.ParquetFile(files[0]).iter_batches(batch_size=256, columns=["user_id", "history", "target",
                                                                                  "history_len"]):
-        b = mapper({k: batch.column(k).to_numpy(zero_copy_only=False) for k in batch.column_names})
+        b = mapper(batch)
         out = model(torch.as_tensor(b["history"]).long(), torch.as_tensor(b["history_mask"]),
                     torch.as_tensor(b["target_sids"]).long())
         opt.zero_grad(set_to_none=True)
@@ -207,6 +211,64 @@ def bench_ray(args, device) -> None:
     bare = seen / (time.perf_counter() - t0)
     record("ray", f"bare in-process torch loop, small size, {steps} steps", bare, "samples/s")
     record("ray", "Ray / bare samples/s", ray_rate / bare, "ratio", "target >= 0.95")
+
+
+def bench_memory(args, device) -> None:
+    """Peak memory of `s2gr train` (driver + local Ray + workers) over one full epoch of 1x vs 10x the Beauty
+    training rows (synthetic sequences, same catalog size): streaming keeps it flat."""
+    import json
+    import tempfile
+    import threading
+
+    import psutil
+
+    from s2gr_ray.config import load_config
+    from s2gr_ray.data.prepare import prepare_stage
+    from s2gr_ray.training.driver import train_stage
+
+    peaks = {}
+    for scale in (1, 10):
+        work = Path(tempfile.mkdtemp(prefix=f"s2gr-mem{scale}-"))
+        users = 16_500 * scale  # ~8 training rows per synthetic user: 1x ~ Beauty's 131k training rows
+        cfg = load_config(None, [
+            "data.format=synthetic", f"data.synthetic.num_users={users}", "data.synthetic.num_items=12101",
+            "data.synthetic.num_top_categories=16", "data.synthetic.num_sub_categories=16",
+            "model.d_model=32", "model.num_heads=2", "model.d_head=16", "model.d_ff=64", "model.encoder_layers=1",
+            "model.decoder_layers=1", "model.aux_decoder_layers=1", "model.history_tokens=item",
+            "train.batch_size=1024", "train.max_epochs=1", "train.zero_stage=0", "train.log_every=100000",
+            "train.cpus_per_worker=1", "eval.max_users=512", "eval.beam_size=10", f"train.run_name=mem{scale}"])
+        prepare_stage(cfg, work, log)
+        manifest = json.loads((work / "manifest.json").read_text())
+        sids, sizes = random_catalog(manifest["num_items"], SEM, seed=0)
+        _write_tokenizer(work, sids, sizes, cfg)
+        me, peak, stop = psutil.Process(), [0], threading.Event()
+
+        def sample() -> None:
+            while not stop.is_set():
+                total = 0
+                for p in [me, *me.children(recursive=True)]:
+                    try:
+                        total += p.memory_info().rss
+                    except psutil.Error:
+                        pass
+                peak[0] = max(peak[0], total)
+                time.sleep(0.25)
+
+        thread = threading.Thread(target=sample, daemon=True)
+        thread.start()
+        t0 = time.perf_counter()
+        metrics = train_stage(cfg, work, log)
+        stop.set()
+        thread.join()
+        import ray
+
+        ray.shutdown()  # the next scale starts a fresh local Ray: its memory is measured from zero
+        rows = manifest["splits"]["train"]
+        peaks[scale] = peak[0] / 2**30
+        record("memory", f"peak RSS of s2gr train, {rows:,} training rows ({scale}x)", peaks[scale], "GiB",
+               f"driver + local Ray + worker; epoch {time.perf_counter() - t0:.0f}s, "
+               f"{metrics['history'][0]['train/samples_per_s']:.0f} samples/s")
+    record("memory", "peak memory 10x / 1x rows", peaks[10] / peaks[1], "ratio", "target ~1 (streaming)")
 
 
 def _write_tokenizer(run: Path, sids, sizes, cfg) -> None:
@@ -250,8 +312,8 @@ def write_results(args) -> None:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--sections", nargs="+", default=["train", "decode", "catalog", "ray"],
-                   choices=["train", "decode", "catalog", "ray"])
+    p.add_argument("--sections", nargs="+", default=["train", "decode", "catalog", "ray", "memory"],
+                   choices=["train", "decode", "catalog", "ray", "memory"])
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--beam", type=int, default=20)

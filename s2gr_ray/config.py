@@ -471,18 +471,23 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | Ma
     return apply_overrides(Config(), values)
 
 
-def _load_yaml_chain(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
+def read_yaml_mapping(path: Path, what: str, missing_hint: str = "") -> dict[str, Any]:
+    """A YAML file that must hold a mapping; errors name the file (`what`: "config file", "search space")."""
     if not path.exists():
-        raise ConfigError(f"config file {path} does not exist")
-    if path.resolve() in seen:
-        raise ConfigError(f"config file {path} includes itself through 'base:'")
+        raise ConfigError(f"{what} {path} does not exist{missing_hint}")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+        raise ConfigError(f"{what} {path} is not valid YAML: {exc}") from None
     if not isinstance(data, Mapping):
-        raise ConfigError(f"config file {path} must hold a mapping of config keys")
-    data = dict(data)
+        raise ConfigError(f"{what} {path} must hold a mapping of keys")
+    return dict(data)
+
+
+def _load_yaml_chain(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
+    if path.exists() and path.resolve() in seen:
+        raise ConfigError(f"config file {path} includes itself through 'base:'")
+    data = read_yaml_mapping(path, "config file")
     base = data.pop("base", None)
     values: dict[str, Any] = {}
     if base:

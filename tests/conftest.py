@@ -25,3 +25,27 @@ def beauty() -> Path:
     if p is None:
         pytest.skip("Amazon Beauty not found: set S2GR_BEAUTY_PATH to the folder with sequences.txt/items.jsonl")
     return p
+
+
+@pytest.fixture(scope="module")
+def ray_session(tmp_path_factory):
+    """A local Ray (2 CPUs, temp dir under pytest's) for one test module; shut down after it."""
+    import ray
+
+    tmp = tmp_path_factory.mktemp("ray")
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, _temp_dir=str(tmp), include_dashboard=False, log_to_driver=True,
+                 runtime_env={"env_vars": {"DS_ACCELERATOR": "cpu", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}})
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture()
+def one_torch_thread():
+    """Tiny-tensor tests run fastest single-threaded (OpenMP spin-waits dominate on a busy 2-core box)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -7,6 +7,8 @@ are documented behaviour in `RawDataset.skipped`.
 """
 from __future__ import annotations
 
+import importlib
+
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -122,22 +124,19 @@ def read_sequences(cfg: DataConfig) -> RawDataset:
                       source=f"{seq_path} + {items_path}", sequences_are_final=True)
 
 
+_READERS = {"synthetic": ("s2gr_ray.data.synthetic", "read_synthetic"),
+            "tables": ("s2gr_ray.data.formats.tables", "read_tables"),
+            "amazon": ("s2gr_ray.data.formats.amazon", "read_amazon"),
+            "movielens": ("s2gr_ray.data.formats.movielens", "read_movielens")}
+
+
 def _reader(fmt: str) -> Callable[[DataConfig], RawDataset]:
     if fmt == "sequences":
         return read_sequences
-    if fmt == "synthetic":
-        from s2gr_ray.data.synthetic import read_synthetic
-        return read_synthetic
-    if fmt == "tables":
-        from s2gr_ray.data.formats.tables import read_tables
-        return read_tables
-    if fmt == "amazon":
-        from s2gr_ray.data.formats.amazon import read_amazon
-        return read_amazon
-    if fmt == "movielens":
-        from s2gr_ray.data.formats.movielens import read_movielens
-        return read_movielens
-    raise DataError(f"unknown data.format {fmt!r}")
+    if fmt not in _READERS:
+        raise DataError(f"unknown data.format {fmt!r} (one of sequences, {', '.join(_READERS)})")
+    module, name = _READERS[fmt]  # imported lazily: one format's dependencies only
+    return getattr(importlib.import_module(module), name)
 
 
 def read_dataset(cfg: DataConfig) -> RawDataset:

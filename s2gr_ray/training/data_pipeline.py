@@ -1,7 +1,7 @@
 """⑤ Ray Data: stream the sharded parquet sequence files and turn item ids into SID tensors.
 
 Shards hold item ids (one set of shards serves every tokenizer of a sweep); the id → SID mapping runs inside
-Ray Data's `map_batches` on CPU workers, vectorized with numpy, so training workers receive ready tensors:
+Ray Data's `map_batches` on CPU workers, vectorized with numpy over Arrow buffers, so training workers receive ready tensors:
 
     history       int32 [B, T, L]   SID codes of the history items, oldest first, left-aligned, 0 at padding
     history_mask  bool  [B, T]      True where a real item is
@@ -18,20 +18,34 @@ import numpy as np
 
 
 def pad_histories(histories, max_history: int) -> tuple[np.ndarray, np.ndarray]:
-    """Ragged list of item-id arrays → (ids int32 [B, T] left-aligned with 0 padding, mask bool [B, T])."""
-    lengths = np.fromiter((len(h) for h in histories), dtype=np.int64, count=len(histories))
-    lengths = np.minimum(lengths, max_history)
-    ids = np.zeros((len(histories), max_history), dtype=np.int32)
-    mask = np.arange(max_history)[None, :] < lengths[:, None]
-    if len(histories):
-        flat = np.concatenate([np.asarray(h[len(h) - n:] if n else h[:0], dtype=np.int32)
-                               for h, n in zip(histories, lengths)])
-        ids[mask] = flat
+    """Ragged item-id histories → (ids int32 [B, T] left-aligned with 0 padding, mask bool [B, T]).
+
+    Keeps the newest `max_history` items of each row. `histories` is an Arrow list column (the Ray Data path:
+    one gather over the flat values, no per-row Python) or a sequence of id arrays (the serving API)."""
+    import pyarrow as pa
+
+    if isinstance(histories, pa.ChunkedArray):
+        histories = histories.combine_chunks()
+    if isinstance(histories, (pa.ListArray, pa.LargeListArray)):
+        offsets = np.asarray(histories.offsets, dtype=np.int64)  # index into .values (slicing-aware)
+        values = histories.values.to_numpy(zero_copy_only=False)
+    else:
+        arrays = [np.asarray(h, dtype=np.int64).reshape(-1) for h in histories]
+        offsets = np.zeros(len(arrays) + 1, dtype=np.int64)
+        offsets[1:] = np.cumsum([len(a) for a in arrays])
+        values = np.concatenate(arrays) if arrays else np.zeros(0, dtype=np.int64)
+    lengths = np.minimum(np.diff(offsets), max_history)
+    positions = np.arange(max_history)
+    mask = positions[None, :] < lengths[:, None]
+    ids = np.zeros(mask.shape, dtype=np.int32)
+    if values.size:
+        index = (offsets[1:] - lengths)[:, None] + positions[None, :]  # the newest `lengths` items, oldest first
+        ids[mask] = values[index[mask]]
     return ids, mask
 
 
 class SidMapper:
-    """Callable for `map_batches`: item ids → SID tensors. Holds the [N + 1, L] table (row 0 = padding)."""
+    """Callable for `map_batches` (pyarrow batches): item ids → SID tensors. Holds the [N + 1, L] table."""
 
     def __init__(self, sids: np.ndarray, max_history: int):
         table = np.zeros((sids.shape[0] + 1, sids.shape[1]), dtype=np.int32)
@@ -39,9 +53,13 @@ class SidMapper:
         self.table = table
         self.max_history = max_history
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def __call__(self, batch) -> dict[str, np.ndarray]:
+        """batch: a pyarrow Table / RecordBatch, or a dict of columns (history, target, history_len, user_id)."""
+        def col(name: str) -> np.ndarray:
+            return np.asarray(batch[name] if isinstance(batch, dict) else batch[name].to_numpy(), dtype=np.int32)
+
         ids, mask = pad_histories(batch["history"], self.max_history)
-        target = np.asarray(batch["target"], dtype=np.int32)
+        target = col("target")
         if ids.size and (ids.max() >= self.table.shape[0] or target.max() >= self.table.shape[0]):
             raise ValueError(f"sequence shards hold item id {max(ids.max(), target.max())} but the tokenizer "
                              f"knows {self.table.shape[0] - 1} items: shards and tokenizer come from different "
@@ -51,8 +69,8 @@ class SidMapper:
             "history_mask": mask,
             "target_sids": self.table[target],
             "target": target,
-            "history_len": np.asarray(batch["history_len"], dtype=np.int32),
-            "user_id": np.asarray(batch["user_id"], dtype=np.int32),
+            "history_len": col("history_len"),
+            "user_id": col("user_id"),
         }
 
 
@@ -76,5 +94,5 @@ def build_datasets(run: Path, sids: np.ndarray, max_history: int, splits=("train
         ds = ray.data.read_parquet(shard_files(run, split)).select_columns(["user_id", "history", "target", "history_len"])
         if max_rows and max_rows.get(split):
             ds = ds.limit(max_rows[split])
-        out[split] = ds.map_batches(mapper, batch_format="numpy", batch_size=1024)
+        out[split] = ds.map_batches(mapper, batch_format="pyarrow", batch_size=1024)
     return out

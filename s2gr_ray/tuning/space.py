@@ -37,9 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
-
-from s2gr_ray.config import (Config, ConfigError, apply_overrides, config_from_dict, load_config,
+from s2gr_ray.config import (Config, ConfigError, apply_overrides, config_from_dict, load_config, read_yaml_mapping,
                              parse_override, valid_keys)
 
 REPO = Path(__file__).resolve().parents[2]
@@ -247,14 +245,7 @@ def load_space(path: str | Path, overrides: list[str] | Mapping[str, Any] = (),
     """Read and validate a space file; every error names the file and the key (before any trial starts)."""
     path = Path(path)
     where = str(path)
-    if not path.exists():
-        raise ConfigError(f"search space {path} does not exist (see search_spaces/*.yaml)")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{where} is not valid YAML: {exc}") from None
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{where} must hold a mapping (base, params, metric, ...)")
+    data = read_yaml_mapping(path, "search space", " (see search_spaces/*.yaml)")
     for k in data:
         if k not in TOP_KEYS:
             raise _nearest(str(k), list(TOP_KEYS), f"{where}: top-level key")

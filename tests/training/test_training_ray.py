@@ -34,18 +34,6 @@ def log(msg):
 
 
 @pytest.fixture(scope="module")
-def ray_session(tmp_path_factory):
-    import ray
-
-    tmp = tmp_path_factory.mktemp("ray")
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, _temp_dir=str(tmp), include_dashboard=False, log_to_driver=True,
-                 runtime_env={"env_vars": {"DS_ACCELERATOR": "cpu", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}})
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def base_run(tmp_path_factory, ray_session) -> Path:
     from s2gr_ray.tokenizer.stage import tokenize_stage
 

@@ -25,18 +25,6 @@ CB, NT, MD = "tokenizer.codebook_sizes", "model.n_think", "tokenizer.max_dedup"
 
 
 @pytest.fixture(scope="module")
-def ray_session(tmp_path_factory):
-    import ray
-
-    tmp = tmp_path_factory.mktemp("ray")
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, _temp_dir=str(tmp), include_dashboard=False, log_to_driver=True,
-                 runtime_env={"env_vars": {"DS_ACCELERATOR": "cpu", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}})
-    yield
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def space(tmp_path_factory) -> Path:
     """ci_tiny.yaml with a failing choice added and three forced points."""
     data = yaml.safe_load((REPO / "search_spaces" / "ci_tiny.yaml").read_text())

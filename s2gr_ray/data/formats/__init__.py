@@ -12,18 +12,13 @@ Readers only parse: dense ids, k-core filtering and chronological sorting happen
 """
 from __future__ import annotations
 
+import importlib
+
 __all__ = ["read_amazon", "read_movielens", "read_tables"]
 
 
 def __getattr__(name: str):
     # Lazy, so importing one reader does not import the others.
-    if name == "read_tables":
-        from s2gr_ray.data.formats.tables import read_tables
-        return read_tables
-    if name == "read_amazon":
-        from s2gr_ray.data.formats.amazon import read_amazon
-        return read_amazon
-    if name == "read_movielens":
-        from s2gr_ray.data.formats.movielens import read_movielens
-        return read_movielens
+    if name in __all__:
+        return getattr(importlib.import_module(f"{__name__}.{name[len('read_'):]}"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
