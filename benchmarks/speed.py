@@ -75,7 +75,7 @@ def bench_train(args, device) -> None:
     runs = [("tiger-size", TIGER), ("small", SMALL)]
     for label, size in runs:
         for tokens in ("code", "item"):
-            for precision in (["fp32", "bf16"] if label == "tiger-size" else ["fp32"]):
+            for precision in ("fp32", "amp"):
                 rates = {}
                 for arm, n_think in (("TIGER", 0), ("S2GR", 1)):
                     model = make_model(size, n_think, sizes, device, history_tokens=tokens)
@@ -87,7 +87,7 @@ def bench_train(args, device) -> None:
                         if i == 2:
                             _sync(device)
                             t0 = time.perf_counter()
-                        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "amp"):
                             out = model(*batches[i % 3])
                         opt.zero_grad(set_to_none=True)
                         out.loss.backward()
@@ -197,8 +197,9 @@ def bench_ray(args, device) -> None:
     mapper = SidMapper(tok.sids, cfg.data.max_history)
     files = sorted((work / "sequences" / "train").glob("*.parquet"))
     t0, seen = time.perf_counter(), 0
-    for batch in pq.ParquetFile(files[0]).iter_batches(batch_size=256, columns=["user_id", "history", "target",
-                                                                                 "history_len"]):
+    batches = (batch for f in files for batch in pq.ParquetFile(f).iter_batches(
+        batch_size=256, columns=["user_id", "history", "target", "history_len"]))
+    for batch in batches:
         b = mapper(batch)
         out = model(torch.as_tensor(b["history"]).long(), torch.as_tensor(b["history_mask"]),
                     torch.as_tensor(b["target_sids"]).long())
@@ -319,13 +320,13 @@ def main() -> int:
     p.add_argument("--beam", type=int, default=20)
     p.add_argument("--decode-users", type=int, default=256)
     p.add_argument("--decode-batch", type=int, default=128)
-    p.add_argument("--ray-steps", type=int, default=60)
+    p.add_argument("--ray-steps", type=int, default=300)
     p.add_argument("--peak-tflops", type=float, default=0.0, help="the GPU's dense bf16 peak (H100 SXM: 989)")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--tag", default="", help="suffix of the result files (e.g. _gpu)")
     args = p.parse_args()
     if args.quick:
-        args.steps, args.decode_users, args.ray_steps = 2, 64, 10
+        args.steps, args.decode_users, args.ray_steps = 2, 64, 20
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.set_num_threads(os.cpu_count() or 1)
     torch.manual_seed(0)

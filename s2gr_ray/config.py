@@ -162,7 +162,9 @@ class TrainConfig:
 
     engine: str = "deepspeed"  # deepspeed | ddp
     zero_stage: int = 2
-    precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16
+    # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 (DeepSpeed bf16 weights + optimizer) | amp (fp32 weights and
+    # optimizer, bf16 autocast compute: both engines, CPU or GPU; ~1.3-1.5x faster at TIGER size on AVX-512 CPUs)
+    precision: str = "auto"
     num_workers: int = 1
     use_gpu: bool = False
     cpus_per_worker: float = 0.5
@@ -246,7 +248,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "model.placement": ("stepwise", "upfront"),
     "model.history_tokens": ("code", "item"),
     "train.engine": ("deepspeed", "ddp"),
-    "train.precision": ("auto", "fp32", "bf16"),
+    "train.precision": ("auto", "fp32", "bf16", "amp"),
     "train.lr_schedule": ("cosine", "constant"),
 }
 

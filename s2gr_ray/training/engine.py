@@ -68,8 +68,11 @@ def micro_batch_size(cfg: TrainConfig, world_size: int) -> int:
     return cfg.batch_size // (world_size * cfg.grad_accum_steps)
 
 
-def _forward(model, batch: dict[str, torch.Tensor]):
-    return model(batch["history"], batch["history_mask"], batch["target_sids"])
+def _forward(model, batch: dict[str, torch.Tensor], precision: str = "fp32"):
+    """The training forward; precision "amp" runs it under bf16 autocast (weights and optimizer stay fp32)."""
+    device_type = batch["history"].device.type
+    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "amp"):
+        return model(batch["history"], batch["history_mask"], batch["target_sids"])
 
 
 class DeepSpeedEngine:
@@ -103,7 +106,7 @@ class DeepSpeedEngine:
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         self.engine.train()
-        out = _forward(self.engine, batch)
+        out = _forward(self.engine, batch, self.precision)
         self.engine.backward(out.loss)
         self.engine.step()
         return {"loss": out.loss.detach(), **out.terms}
@@ -139,7 +142,7 @@ class DDPEngine:
         self.cfg = cfg
         self.micro = 0
         self.steps = 0
-        self.precision = "fp32"
+        self.precision = "amp" if cfg.precision == "amp" else "fp32"
 
     @property
     def module(self) -> torch.nn.Module:
@@ -155,7 +158,7 @@ class DDPEngine:
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         self.model.train()
-        out = _forward(self.model, batch)
+        out = _forward(self.model, batch, self.precision)
         (out.loss / self.cfg.grad_accum_steps).backward()
         self.micro += 1
         if self.micro % self.cfg.grad_accum_steps == 0:

@@ -1,0 +1,39 @@
+"""Rebuild benchmarks/RESULTS.md from the latest tables in benchmarks/results/ (each names its date, commit, machine
+and command) plus the hand-written findings in benchmarks/results/NOTES.md.
+
+    python benchmarks/collect.py
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+ORDER = ["quality_cpu.md", "quality_paper.md", "speed.md", "speed_gpu.md", "tokenizer_beauty.md"]
+
+
+def main() -> int:
+    parts = ["# Benchmark results", "",
+             "The latest table of each benchmark (`benchmarks/README.md` says how to run them). Every table carries "
+             "the date, the commit, the machine and the exact command that produced it; CSV twins are in "
+             "`benchmarks/results/`.", ""]
+    notes = RESULTS / "NOTES.md"
+    if notes.exists():
+        parts += [notes.read_text().strip(), ""]
+    found = [RESULTS / name for name in ORDER if (RESULTS / name).exists()]
+    if not found:
+        print(f"no result tables in {RESULTS}; run the benchmarks first", file=sys.stderr)
+        return 2
+    for path in found:
+        text = path.read_text().strip().splitlines()
+        if text and text[0].startswith("# "):
+            text[0] = "#" + text[0]  # one level down under this page's title
+        parts += text + [""]
+    (HERE / "RESULTS.md").write_text("\n".join(parts))
+    print(f"wrote {HERE / 'RESULTS.md'} from {', '.join(p.name for p in found)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
