@@ -15,6 +15,33 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
+def dropout(x: Tensor, p: float, training: bool) -> Tensor:
+    """Inverted dropout. On CPU the keep mask comes from 8 random bits per element (one 64-bit draw serves 8
+    elements): ~3x cheaper than F.dropout's per-element Bernoulli, which took 15-20% of a CPU training step. The drop
+    probability is rounded to a multiple of 1/256 (0.1 -> 26/256) and the scale uses the rounded value, so the
+    expectation is exact. Other devices use F.dropout."""
+    if not training or p <= 0.0:
+        return x
+    if x.device.type != "cpu" or p >= 1.0:
+        return F.dropout(x, p, training=True)
+    threshold = min(255, max(1, round(p * 256)))
+    n = x.numel()
+    bits = torch.randint(-2**63, 2**63 - 1, ((n + 7) // 8,), dtype=torch.int64, device=x.device)
+    keep = bits.view(torch.uint8)[:n].view(x.shape) >= threshold
+    return x * keep * (256.0 / (256 - threshold))
+
+
+class Dropout(nn.Module):
+    """nn.Dropout with the CPU-fast mask of `dropout`."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = float(p)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return dropout(x, self.p, self.training)
+
+
 class RMSNorm(nn.Module):
     """T5 layer norm: scale only, no mean subtraction, no bias."""
 
@@ -35,7 +62,7 @@ class FeedForward(nn.Module):
         super().__init__()
         self.wi = nn.Linear(d_model, d_ff, bias=False)
         self.wo = nn.Linear(d_ff, d_model, bias=False)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.wo(self.drop(F.gelu(self.wi(x))))
@@ -78,7 +105,7 @@ class Attention(nn.Module):
         scores = (q[:, :, None, :] * k).sum(-1) * self.e ** -0.5  # [N, H, S]
         if mask is not None:
             scores = scores.masked_fill(~mask.reshape(mask.size(0), -1, mask.size(-1)), float("-inf"))
-        a = F.dropout(scores.softmax(-1), p, training=p > 0)
+        a = dropout(scores.softmax(-1), p, training=p > 0)
         return (a[..., None] * v).sum(2)
 
     def attend_memory(self, q_in: Tensor, memory: Tensor, mask: Tensor) -> Tensor:
@@ -93,7 +120,7 @@ class Attention(nn.Module):
         qk = torch.einsum("nhe,hed->nhd", q, self.k.weight.view(h, e, d))  # [N, H, D]
         scores = torch.bmm(qk, memory.transpose(1, 2)) * e ** -0.5  # [N, H, M]
         scores = scores.masked_fill(~mask[:, None, :], float("-inf"))
-        a = F.dropout(scores.softmax(-1), self.dropout, training=self.training)
+        a = dropout(scores.softmax(-1), self.dropout, self.training)
         ctx = torch.bmm(a, memory)  # [N, H, D]
         out = torch.einsum("nhd,hed->nhe", ctx, self.v.weight.view(h, e, d))
         return self.o(out.reshape(n, 1, h * e))
@@ -118,7 +145,7 @@ class EncoderLayer(nn.Module):
         self.norm1, self.norm2 = RMSNorm(d_model), RMSNorm(d_model)
         self.attn = Attention(d_model, num_heads, d_head, dropout)
         self.ffn = FeedForward(d_model, d_ff, dropout)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         """x [B, M, D]; mask [B, 1, 1, M] True = real key."""
@@ -167,7 +194,7 @@ class DecoderLayer(nn.Module):
         self.norm2, self.norm3 = RMSNorm(d_model), RMSNorm(d_model)
         self.cross_attn = Attention(d_model, num_heads, d_head, dropout)
         self.ffn = FeedForward(d_model, d_ff, dropout)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
 
     def forward(self, x: Tensor, cache: DecoderCache, i: int) -> Tensor:
         """x [B*K, n, D] new positions; appends their K/V to ``cache`` layer ``i``; causal inside the step."""
@@ -203,7 +230,7 @@ class Decoder(nn.Module):
         self.layers = nn.ModuleList(DecoderLayer(d_model, num_heads, d_head, d_ff, dropout, self_attention)
                                     for _ in range(num_layers))
         self.final_norm = RMSNorm(d_model)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
 
     def new_cache(self, memory: Tensor, memory_mask: Tensor, project: bool = True) -> DecoderCache:
         """memory [B, M, D] (encoder output), memory_mask [B, M] True = real item token.

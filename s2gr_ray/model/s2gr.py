@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from s2gr_ray.config import ModelConfig
-from s2gr_ray.model.layers import Decoder, DecoderCache, EncoderLayer, RMSNorm
+from s2gr_ray.model.layers import Decoder, DecoderCache, Dropout, EncoderLayer, RMSNorm
 from s2gr_ray.model.losses import align_loss, infonce_loss, rec_loss, reg_loss
 from s2gr_ray.model.plan import Slot, build_plan, num_think_slots, training_chunks
 
@@ -56,7 +56,7 @@ class S2GR(nn.Module):
         self.code_emb = nn.Embedding(sum(sizes), d)  # shared by encoder, decoder inputs and L_InfoNCE targets
         self.level_emb = nn.Embedding(self.num_levels, d)
         self.recency_emb = nn.Embedding(self.max_history, d)
-        self.enc_drop = nn.Dropout(cfg.dropout)
+        self.enc_drop = Dropout(cfg.dropout)
         self.encoder = nn.ModuleList(EncoderLayer(*block) for _ in range(cfg.encoder_layers))
         self.enc_norm = RMSNorm(d)
 

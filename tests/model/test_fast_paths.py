@@ -95,3 +95,25 @@ def test_stepwise_teacher_forcing_equals_one_full_causal_pass():
     code_slots = [i for i, s in enumerate(model.plan) if s.kind == "code"]
     for level, slot in enumerate(code_slots):
         assert torch.allclose(model.code_logits(y[:, slot - 1], level), tf.logits[level], atol=1e-4)
+
+
+def test_cpu_dropout_keeps_the_expectation_and_masks_gradients():
+    from s2gr_ray.model.layers import dropout
+
+    torch.manual_seed(4)
+    x = torch.rand(400, 500) + 0.5
+    x.requires_grad_(True)
+    y = dropout(x, 0.1, training=True)
+    kept = y != 0
+    assert abs(kept.float().mean().item() - (1 - 26 / 256)) < 0.005  # p rounded to 26/256
+    assert torch.allclose(y[kept], x[kept] * 256 / 230)
+    assert abs(y.mean().item() / x.mean().item() - 1) < 0.01  # inverted dropout: same expectation
+    (g,) = torch.autograd.grad(y.sum(), x)
+    assert torch.equal(g != 0, kept)
+    assert dropout(x, 0.1, training=False) is x and dropout(x, 0.0, training=True) is x
+    a, b = dropout(x, 0.3, True), dropout(x, 0.3, True)
+    assert not torch.equal(a != 0, b != 0)  # fresh masks per call
+    torch.manual_seed(5)
+    c = dropout(x, 0.3, True)
+    torch.manual_seed(5)
+    assert torch.equal(c, dropout(x, 0.3, True))  # reproducible under the torch seed
