@@ -109,21 +109,22 @@ class Attention(nn.Module):
         return (a[..., None] * v).sum(2)
 
     def attend_memory(self, q_in: Tensor, memory: Tensor, mask: Tensor) -> Tensor:
-        """One query per row against the unprojected memory: q_in [N, 1, D], memory [N, M, D], mask [N, M].
+        """Queries against the unprojected memory: q_in [N, n, D], memory [N, M, D], mask [N, M] -> [N, n, D].
 
         Exactly attend(q_in, *project_kv(memory), mask) re-associated: q·(W_k m) = (W_k^T q)·m and
-        Σ a·(W_v m) = W_v (Σ a·m), so the memory is never projected to per-head K/V (H*E x M per row). The
-        auxiliary decoder (one learned query) uses it: its cost no longer grows with d_head * heads * M."""
-        n, h, e = q_in.size(0), self.h, self.e
+        Σ a·(W_v m) = W_v (Σ a·m), so the memory is never projected to per-head K/V (H*E x M per row). Cheaper
+        while the queries per row over a whole decode stay below ~M*H*E / (H*E + H*M): the auxiliary decoder (one
+        learned query) and the teacher-forced thinking chain (one query per call) use it."""
+        rows, t, h, e = q_in.size(0), q_in.size(1), self.h, self.e
         d = q_in.size(-1)
-        q = self.q(q_in[:, 0]).view(n, h, e)
-        qk = torch.einsum("nhe,hed->nhd", q, self.k.weight.view(h, e, d))  # [N, H, D]
-        scores = torch.bmm(qk, memory.transpose(1, 2)) * e ** -0.5  # [N, H, M]
+        q = self.q(q_in).view(rows, t, h, e)
+        qk = torch.einsum("nthe,hed->nhtd", q, self.k.weight.view(h, e, d)).reshape(rows, h * t, d)
+        scores = torch.bmm(qk, memory.transpose(1, 2)) * e ** -0.5  # [N, H*n, M]
         scores = scores.masked_fill(~mask[:, None, :], float("-inf"))
         a = dropout(scores.softmax(-1), self.dropout, self.training)
-        ctx = torch.bmm(a, memory)  # [N, H, D]
-        out = torch.einsum("nhd,hed->nhe", ctx, self.v.weight.view(h, e, d))
-        return self.o(out.reshape(n, 1, h * e))
+        ctx = torch.bmm(a, memory).view(rows, h, t, d)  # [N, H, n, D]
+        out = torch.einsum("nhtd,hed->nthe", ctx, self.v.weight.view(h, e, d))
+        return self.o(out.reshape(rows, t, h * e))
 
     def attend_beams(self, q_in: Tensor, k: Tensor, v: Tensor, mask: Tensor, beams: int) -> Tensor:
         """Cross-attention of B*K beam rows against per-user memory k/v [B, H, M, E] without copying it.
@@ -163,12 +164,13 @@ class DecoderCache:
     """
 
     def __init__(self, cross_k: list[Tensor], cross_v: list[Tensor], memory_mask: Tensor,
-                 memory: Tensor | None = None) -> None:
+                 memory: Tensor | None = None, num_layers: int = 0) -> None:
         self.cross_k, self.cross_v = cross_k, cross_v
         self.memory = memory  # unprojected memory [B, M, D] when the K/V are not precomputed (attend_memory)
         self.cross_mask = memory_mask[:, None, None, :]  # [B, 1, 1, M]
-        self.self_k: list[Tensor | None] = [None] * len(cross_k)
-        self.self_v: list[Tensor | None] = [None] * len(cross_k)
+        layers = num_layers or len(cross_k)
+        self.self_k: list[Tensor | None] = [None] * layers
+        self.self_v: list[Tensor | None] = [None] * layers
         self.beams = 1
         self.length = 0
 
@@ -237,7 +239,7 @@ class Decoder(nn.Module):
 
         project=False keeps the memory unprojected for single-query decoders (Attention.attend_memory)."""
         if not project:
-            return DecoderCache([], [], memory_mask, memory)
+            return DecoderCache([], [], memory_mask, memory, num_layers=len(self.layers))
         ks, vs = [], []
         for layer in self.layers:
             k, v = layer.cross_attn.project_kv(memory)

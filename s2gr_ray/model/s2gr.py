@@ -173,7 +173,10 @@ class S2GR(nn.Module):
     # -------------------------------------------------------------------------------------- teacher forcing
     def decode_teacher_forced(self, memory: Tensor, memory_mask: Tensor, target: Tensor) -> TeacherForced:
         """Decode the plan with codes teacher-forced and thinking vectors generated (KV-cached, chunked)."""
-        cache = self.new_cache(memory, memory_mask)
+        # Cross-attention reads the memory unprojected (Attention.attend_memory: same math) when that costs fewer
+        # FLOPs than projecting per-head K/V of every memory token once: fed slots * (E + M) < M * E.
+        fed, m, e = len(self.plan) - 1, memory.size(1), self.cfg.d_head
+        cache = self.decoder.new_cache(memory, memory_mask, project=fed * (e + m) >= m * e)
         b = target.size(0)
         pred: dict[int, Tensor] = {}
         thinks: list[Tensor] = []

@@ -5,6 +5,7 @@ straightforward formulation it replaced (scaled_dot_product_attention over proje
 """
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -48,13 +49,15 @@ def test_unprojected_memory_attention_matches_projected():
     torch.manual_seed(1)
     att = Attention(16, 3, 8, dropout=0.0)  # heads * d_head != d_model, as T5's 6 x 64 with d_model 128
     memory, mask = _masked_memory(seed=1)
-    q_in = torch.randn(5, 1, 16, requires_grad=True)
-    fast = att.attend_memory(q_in, memory, mask)
-    ref = _reference_attend(att, q_in, *att.project_kv(memory), mask[:, None, None, :])
-    assert torch.allclose(fast, ref, atol=1e-5)
-    params = (q_in, memory, att.q.weight, att.k.weight, att.v.weight, att.o.weight)
-    for a, b in zip(torch.autograd.grad(fast.sum(), params), torch.autograd.grad(ref.sum(), params)):
-        assert torch.allclose(a, b, atol=1e-5)
+    for queries in (1, 3):
+        q_in = torch.randn(5, queries, 16, requires_grad=True)
+        fast = att.attend_memory(q_in, memory, mask)
+        ref = _reference_attend(att, q_in, *att.project_kv(memory), mask[:, None, None, :])
+        assert fast.shape == ref.shape and torch.allclose(fast, ref, atol=1e-5)
+        params = (q_in, memory, att.q.weight, att.k.weight, att.v.weight, att.o.weight)
+        grads = torch.autograd.grad(fast.sum(), params, retain_graph=True)
+        for a, b in zip(grads, torch.autograd.grad(ref.sum(), params)):
+            assert torch.allclose(a, b, atol=1e-5)
 
 
 def test_auxiliary_decoder_same_with_and_without_projected_memory():
@@ -67,14 +70,16 @@ def test_auxiliary_decoder_same_with_and_without_projected_memory():
     assert torch.allclose(fast, ref, atol=1e-5)
 
 
-def test_stepwise_teacher_forcing_equals_one_full_causal_pass():
-    """The thinking chain runs one decoder call per slot (single-query path); feeding the same inputs as one
-    causal multi-token call (the fused attention kernel) must give the same outputs."""
+@pytest.mark.parametrize("n_think,placement", [(1, "stepwise"), (0, "stepwise"), (2, "upfront")])
+def test_teacher_forcing_equals_one_full_causal_pass(n_think, placement):
+    """Teacher forcing runs the plan chunk by chunk against the unprojected memory (single-query and
+    attend_memory paths); feeding the same inputs as one causal multi-token call with projected K/V (the fused
+    attention kernel, as beam search uses) must give the same outputs."""
     torch.manual_seed(3)
     sids, sizes = random_catalog(60, (8, 8, 8), dedup=True, seed=0)
     centres, c2c = random_clusters([8, 8, 8], 4, 6, seed=0)
     cfg = ModelConfig(d_model=32, num_heads=2, d_head=16, d_ff=64, encoder_layers=1, decoder_layers=2,
-                      aux_decoder_layers=1, dropout=0.0, n_think=1)
+                      aux_decoder_layers=1, dropout=0.0, n_think=n_think, placement=placement)
     model = S2GR(cfg, sizes, 3, centres, c2c, max_history=5).eval()
     history = torch.as_tensor(sids[torch.randint(0, 60, (4, 5)).numpy()])
     mask = torch.ones(4, 5, dtype=torch.bool)
