@@ -90,6 +90,9 @@ class S2GR(nn.Module):
             self.infonce_proj = nn.Linear(d, d, bias=False)
         for emb in (self.level_emb, self.recency_emb, self.dec_pos):
             nn.init.normal_(emb.weight, std=0.5)
+        # Cross-attention may read K/V weights outside their Linear's forward (Attention.attend_memory); engines
+        # that gather parameters per module forward (DeepSpeed ZeRO-3) switch this off (same math, projected K/V).
+        self.memory_reassociation = True
 
     def _register_clusters(self, centres: Sequence[Tensor], maps: Sequence[Tensor]) -> None:
         if len(centres) != self.num_semantic_levels or len(maps) != self.num_semantic_levels:
@@ -176,7 +179,8 @@ class S2GR(nn.Module):
         # Cross-attention reads the memory unprojected (Attention.attend_memory: same math) when that costs fewer
         # FLOPs than projecting per-head K/V of every memory token once: fed slots * (E + M) < M * E.
         fed, m, e = len(self.plan) - 1, memory.size(1), self.cfg.d_head
-        cache = self.decoder.new_cache(memory, memory_mask, project=fed * (e + m) >= m * e)
+        unprojected = self.memory_reassociation and fed * (e + m) < m * e
+        cache = self.decoder.new_cache(memory, memory_mask, project=not unprojected)
         b = target.size(0)
         pred: dict[int, Tensor] = {}
         thinks: list[Tensor] = []
@@ -200,7 +204,7 @@ class S2GR(nn.Module):
 
     def aux_vector(self, memory: Tensor, memory_mask: Tensor) -> Tensor:
         """Overall-interest vector v_g [B, D]: one learned query reading the encoder output."""
-        cache = self.aux_decoder.new_cache(memory, memory_mask, project=False)
+        cache = self.aux_decoder.new_cache(memory, memory_mask, project=not self.memory_reassociation)
         return self.aux_decoder(self.aux_query.expand(memory.size(0), 1, -1), cache)[:, 0]
 
     # -------------------------------------------------------------------------------------------- training

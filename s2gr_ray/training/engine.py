@@ -83,6 +83,8 @@ class DeepSpeedEngine:
         import deepspeed
 
         self.precision = resolve_precision(cfg, device.type == "cuda")
+        if cfg.zero_stage == 3 and hasattr(model, "memory_reassociation"):
+            model.memory_reassociation = False  # ZeRO-3 gathers a weight only inside its own module's forward
         optimizer = make_optimizer(model, cfg)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(cfg, total_steps))
         self.ds_config = deepspeed_config(cfg, world_size, self.precision)

@@ -88,6 +88,13 @@ def test_resume_continues_the_step_count(base_run, tmp_path, capfd):
     assert "resumed from checkpoint: epoch 1" in capfd.readouterr().out
 
 
+def test_zero3_trains_with_partitioned_parameters(base_run, tmp_path):
+    run = fresh_run(base_run, tmp_path)
+    out = train(run, "train.zero_stage=3", "train.max_epochs=1", "train.run_name=zero3")
+    assert out["train"]["steps"] > 0 and math.isfinite(out["history"][0]["train/loss"])
+    assert out["test"]["count"] == 120
+
+
 def test_worker_killed_mid_run_is_replaced(base_run, tmp_path, monkeypatch):
     run = fresh_run(base_run, tmp_path)
     marker = tmp_path / "killed"
