@@ -128,11 +128,12 @@ class S2GR(nn.Module):
         mask = mask | (~mask.any(1, keepdim=True) & first)  # an empty history attends to slot 0: stays finite
         codes = torch.where(mask[..., None], history.long(), 0) + self.offsets
         recency = (mask.flip(1).long().cumsum(1).flip(1) - mask.long()).clamp(max=self.max_history - 1)
+        levels = self.level_emb(torch.arange(l, device=mask.device))  # [L, D] (a module call: ZeRO-3 safe)
         if self.cfg.history_tokens == "item":  # one token per item: the sum of its code embeddings (ours)
-            x = (self.code_emb(codes) + self.level_emb.weight).sum(2) + self.recency_emb(recency)
+            x = (self.code_emb(codes) + levels).sum(2) + self.recency_emb(recency)
             x, tok_mask = self.enc_drop(x), mask
         else:  # TIGER's layout: one token per SID code
-            x = self.code_emb(codes) + self.level_emb.weight + self.recency_emb(recency)[:, :, None]
+            x = self.code_emb(codes) + levels + self.recency_emb(recency)[:, :, None]
             x = self.enc_drop(x.reshape(b, t * l, -1))
             tok_mask = mask[:, :, None].expand(b, t, l).reshape(b, t * l)
         attn_mask = tok_mask[:, None, None, :]
@@ -146,7 +147,7 @@ class S2GR(nn.Module):
 
     def decode_step(self, x: Tensor, cache: DecoderCache) -> Tensor:
         """x [B*K, n, D] inputs of the next n slots -> final-normed outputs [B*K, n, D]; extends ``cache``."""
-        pos = self.dec_pos.weight[cache.length:cache.length + x.size(1)]
+        pos = self.dec_pos(torch.arange(cache.length, cache.length + x.size(1), device=x.device))
         return self.decoder(x + pos, cache)
 
     def bos_input(self, rows: int) -> Tensor:
