@@ -28,7 +28,9 @@ import numpy as np
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+# --code DIR measures another checkout's s2gr_ray with this script (before/after comparisons on one machine)
+_code = sys.argv[sys.argv.index("--code") + 1] if "--code" in sys.argv else str(REPO)
+sys.path.insert(0, _code)
 
 from s2gr_ray.config import ModelConfig  # noqa: E402
 from s2gr_ray.evaluation.beam_search import constrained_beam_search  # noqa: E402
@@ -242,7 +244,7 @@ def bench_memory(args, device) -> None:
             "data.synthetic.num_top_categories=16", "data.synthetic.num_sub_categories=16",
             "model.d_model=32", "model.num_heads=2", "model.d_head=16", "model.d_ff=64", "model.encoder_layers=1",
             "model.decoder_layers=1", "model.aux_decoder_layers=1", "model.history_tokens=item",
-            "train.batch_size=1024", "train.max_epochs=1", "train.zero_stage=0", "train.log_every=100000",
+            "train.batch_size=2048", "train.max_epochs=1", "train.zero_stage=0", "train.log_every=100000",
             "train.cpus_per_worker=1", "eval.max_users=512", "eval.beam_size=10", f"train.run_name=mem{scale}"])
         prepare_stage(cfg, work, log)
         manifest = json.loads((work / "manifest.json").read_text())
@@ -293,6 +295,11 @@ def _write_tokenizer(run: Path, sids, sizes, cfg) -> None:
                              num_items=len(sids), level_sizes=list(sizes))
 
 
+def _commit(folder) -> str:
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=folder, capture_output=True,
+                          text=True).stdout.strip()
+
+
 def _sync(device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -310,7 +317,8 @@ def write_results(args) -> None:
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {os.cpu_count()} cores"
     lines = [f"# Speed benchmark", "", f"- date {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, commit {commit}, "
              f"device: {device}, torch threads {torch.get_num_threads()}",
-             f"- command: `python benchmarks/speed.py {' '.join(sys.argv[1:])}`", "",
+             f"- command: `python benchmarks/speed.py {' '.join(sys.argv[1:])}`"
+             + (f" (s2gr_ray from {args.code} at commit {_commit(args.code)})" if args.code != str(REPO) else ""), "",
              "| section | measure | value | unit | note |", "|---|---|---:|---|---|"]
     lines += [f"| {r['section']} | {r['measure']} | {r['value']:.2f} | {r['unit']} | {r['note']} |" for r in ROWS]
     (out / f"speed{args.tag}.md").write_text("\n".join(lines) + "\n")
@@ -330,6 +338,7 @@ def main() -> int:
     p.add_argument("--peak-tflops", type=float, default=0.0, help="the GPU's dense bf16 peak (H100 SXM: 989)")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--tag", default="", help="suffix of the result files (e.g. _gpu)")
+    p.add_argument("--code", default=str(REPO), help="a checkout whose s2gr_ray is measured (default: this one)")
     args = p.parse_args()
     if args.quick:
         args.steps, args.decode_users, args.ray_steps = 2, 64, 20
