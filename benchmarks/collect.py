@@ -10,7 +10,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-ORDER = ["quality_cpu.md", "quality_paper.md", "speed.md", "speed_gpu.md", "tokenizer_beauty.md"]
+ORDER = ["quality_cpu.md", "quality_paper.md", "speed.md", "speed_gpu.md", "speed_before_17d88e1.md",
+         "tokenizer_beauty.md"]
 
 
 def main() -> int:

@@ -95,8 +95,9 @@ def row_of(arm: str, seed: int, m: dict, report: dict) -> dict:
     row["test_users"] = m["test"].get("count")
     row.update({"valid_ndcg@10": m["valid"].get("ndcg@10"), "best_epoch": m["train"].get("best_epoch"),
                 "epochs": m["train"].get("epochs"),
-                "sec_per_epoch": statistics.mean(epoch_s) if epoch_s else None,
-                "decode_sec_per_1k_users": statistics.mean(decode) if decode else None,
+                # medians over epochs: robust to an epoch that shared the machine with other work
+                "sec_per_epoch": statistics.median(epoch_s) if epoch_s else None,
+                "decode_sec_per_1k_users": statistics.median(decode) if decode else None,
                 "tok_util_l1": (report.get("levels") or [{}])[0].get("utilization"),
                 "tok_collision": report.get("collision_rate")})
     return row
@@ -108,7 +109,7 @@ def summarize(rows: list[dict]) -> list[str]:
     for r in rows:
         by_arm.setdefault(r["arm"], []).append(r)
     cols = METRICS + [f"{k}_hist10" for k in METRICS]
-    lines = ["| arm | seeds | " + " | ".join(cols) + " | epochs | s/epoch | decode s/1k users |",
+    lines = ["| arm | seeds | " + " | ".join(cols) + " | epochs | s/epoch (median) | decode s/1k valid users (median) |",
              "|---|---|" + "---|" * (len(cols) + 3)]
     means = {}
     for arm, rs in by_arm.items():
