@@ -7,8 +7,6 @@ are documented behaviour in `RawDataset.skipped`.
 """
 from __future__ import annotations
 
-import importlib
-
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -124,19 +122,18 @@ def read_sequences(cfg: DataConfig) -> RawDataset:
                       source=f"{seq_path} + {items_path}", sequences_are_final=True)
 
 
-_READERS = {"synthetic": ("s2gr_ray.data.synthetic", "read_synthetic"),
-            "tables": ("s2gr_ray.data.formats.tables", "read_tables"),
-            "amazon": ("s2gr_ray.data.formats.amazon", "read_amazon"),
-            "movielens": ("s2gr_ray.data.formats.movielens", "read_movielens")}
-
-
 def _reader(fmt: str) -> Callable[[DataConfig], RawDataset]:
+    from s2gr_ray.data import formats  # readers import lazily: one format's dependencies only
+
     if fmt == "sequences":
         return read_sequences
-    if fmt not in _READERS:
-        raise DataError(f"unknown data.format {fmt!r} (one of sequences, {', '.join(_READERS)})")
-    module, name = _READERS[fmt]  # imported lazily: one format's dependencies only
-    return getattr(importlib.import_module(module), name)
+    if fmt == "synthetic":
+        from s2gr_ray.data.synthetic import read_synthetic
+        return read_synthetic
+    if f"read_{fmt}" not in formats.__all__:
+        names = ["sequences", "synthetic", *(n[len("read_"):] for n in formats.__all__)]
+        raise DataError(f"unknown data.format {fmt!r} (one of {', '.join(names)})")
+    return getattr(formats, f"read_{fmt}")
 
 
 def read_dataset(cfg: DataConfig) -> RawDataset:
