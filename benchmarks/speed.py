@@ -312,8 +312,7 @@ def write_results(args) -> None:
         w = csv.DictWriter(fh, fieldnames=list(ROWS[0]))
         w.writeheader()
         w.writerows(ROWS)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                            text=True).stdout.strip()
+    commit = _commit(REPO)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {os.cpu_count()} cores"
     lines = [f"# Speed benchmark", "", f"- date {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, commit {commit}, "
              f"device: {device}, torch threads {torch.get_num_threads()}",
