@@ -157,6 +157,8 @@ def main() -> int:
     p.add_argument("--work", type=Path, default=REPO / "runs" / "quality")
     p.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results")
     p.add_argument("--force", action="store_true", help="re-run arms that already have metrics")
+    p.add_argument("--tag", default="", help="suffix of the result files, e.g. _long for quality_cpu_long.md "
+                   "(use a separate --work folder when the overrides change the training)")
     p.add_argument("overrides", nargs="*", help="key=value applied to every arm (e.g. train.max_epochs=10)")
     args = p.parse_args()
     if not (Path(args.data) / "sequences.txt").exists():
@@ -185,7 +187,7 @@ def main() -> int:
 
 
 def write(rows: list[dict], args) -> None:
-    csv_path = args.results / f"quality_{args.scale}.csv"
+    csv_path = args.results / f"quality_{args.scale}{args.tag}.csv"
     with open(csv_path, "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
         w.writeheader()
@@ -193,12 +195,12 @@ def write(rows: list[dict], args) -> None:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
                             text=True).stdout.strip()
     machine = f"{os.cpu_count()} CPU cores" + ("" if _has_cuda() else ", no GPU")
-    header = [f"# Quality benchmark ({args.scale} scale)", "",
+    header = [f"# Quality benchmark ({args.scale} scale{', ' + args.tag.strip('_') if args.tag else ''})", "",
               f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; commit {commit}; machine: {machine}",
               f"- command: `python benchmarks/quality.py {' '.join(sys.argv[1:])}`",
               "- test split, full ranking through trie-constrained beam search; `_hist10` = users with >= 10 history "
               "items (the paper's view)", ""]
-    (args.results / f"quality_{args.scale}.md").write_text("\n".join(header + summarize(rows)) + "\n")
+    (args.results / f"quality_{args.scale}{args.tag}.md").write_text("\n".join(header + summarize(rows)) + "\n")
 
 
 def _has_cuda() -> bool:

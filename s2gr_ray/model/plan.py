@@ -55,15 +55,15 @@ def num_think_slots(plan: list[Slot]) -> int:
 def training_chunks(plan: list[Slot]) -> list[list[int]]:
     """Group the fed slots (all but the last) into decoder steps for teacher forcing.
 
-    A thinking slot needs the output of the slot before it, so it is a step of its own; runs of known inputs
-    (BOS, teacher-forced codes) are one multi-token step. n_think = 0 gives one step: the TIGER full pass.
+    A thinking slot needs the output of the slot right before it, so it starts a new step; every known input
+    after it (BOS, teacher-forced codes) joins the current step, causal inside the step. Stepwise n_think = 1
+    gives L_sem + 1 steps ([BOS], [t1, s1], [t2, s2], [t3, s3]; S2GR.md: "L+1 passes"); n_think = 0 gives one
+    step: the TIGER full pass.
     """
     chunks: list[list[int]] = []
     for i, slot in enumerate(plan[:-1]):
-        if slot.kind == "think":
+        if slot.kind == "think" or not chunks:
             chunks.append([i])
-        elif chunks and plan[chunks[-1][-1]].kind != "think":
-            chunks[-1].append(i)
         else:
-            chunks.append([i])
+            chunks[-1].append(i)
     return chunks

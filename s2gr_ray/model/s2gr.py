@@ -187,14 +187,17 @@ class S2GR(nn.Module):
         thinks: list[Tensor] = []
         h_last = memory.new_zeros(0)
         for chunk in self.chunks:
-            first = self.plan[chunk[0]]
-            if first.kind == "think":
-                x = self.think_input(h_last, first)[:, None]
-                thinks.append(x[:, 0])
-            else:
-                x = torch.stack([self.bos.expand(b, -1) if self.plan[i].kind == "bos"
-                                 else self.code_input(self.plan[i].level, target[:, self.plan[i].level])
-                                 for i in chunk], dim=1)
+            inputs = []
+            for i in chunk:  # only a chunk's first slot can be a thinking slot (plan.training_chunks)
+                slot = self.plan[i]
+                if slot.kind == "think":
+                    inputs.append(self.think_input(h_last, slot))
+                    thinks.append(inputs[-1])
+                elif slot.kind == "bos":
+                    inputs.append(self.bos.expand(b, -1))
+                else:
+                    inputs.append(self.code_input(slot.level, target[:, slot.level]))
+            x = torch.stack(inputs, dim=1)
             y = self.decode_step(x, cache)
             for k, i in enumerate(chunk):
                 if self.plan[i + 1].kind == "code":

@@ -22,6 +22,7 @@ import torch
 STATE_FILE = "train_state.json"
 BEST_FILE = "best_model.pt"
 MODEL_FILE = "model.pt"
+WARM_STEPS = 20  # train/samples_per_s_steady counts the micro-steps after these (Ray Data start-up excluded)
 
 
 def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
@@ -143,6 +144,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     while not state["stopped_early"] and state["epoch"] < cfg.train.max_epochs:
         epoch = state["epoch"]
         t0, seen, term_sums, n_terms = time.time(), 0, {}, 0
+        t_warm, seen_warm = t0, 0  # throughput after the first WARM_STEPS (pipeline start-up excluded)
         for i, batch in enumerate(train_shard.iter_torch_batches(batch_size=micro, drop_last=True,
                                                                  local_shuffle_buffer_size=micro * 4)):
             if cfg.train.max_steps_per_epoch and i >= cfg.train.max_steps_per_epoch * cfg.train.grad_accum_steps:
@@ -156,6 +158,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 term_sums[k] = term_sums.get(k, 0.0) + float(v)
             n_terms += 1
             seen += micro * world
+            if i + 1 == WARM_STEPS:
+                t_warm, seen_warm = time.time(), seen
             step = engine.global_step
             if kill_at and step == kill_at and rank == world - 1 and not kill_marker.exists():
                 kill_marker.touch()
@@ -173,6 +177,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         epoch_time = time.time() - t0
         train_metrics = {f"train/{k}": v / max(n_terms, 1) for k, v in term_sums.items()}
         train_metrics["train/samples_per_s"] = seen / max(epoch_time, 1e-9)
+        if seen_warm and seen > seen_warm:
+            train_metrics["train/samples_per_s_steady"] = (seen - seen_warm) / max(t0 + epoch_time - t_warm, 1e-9)
         train_metrics["train/epoch_seconds"] = epoch_time
 
         snapshot = engine.state_dict_for_export()

@@ -29,20 +29,25 @@ def _masked_memory(b=5, m=7, d=16, seed=0):
     return memory, mask
 
 
-def test_single_query_attention_matches_sdpa_values_and_gradients():
+@pytest.mark.parametrize("queries", [1, 2])
+def test_few_query_attention_matches_sdpa_values_and_gradients(queries):
+    """Attention.attend's few-query path (the thinking chain's steps) against the fused kernel, with the padding
+    mask of cross-attention and with the causal mask of a self-attention step."""
     torch.manual_seed(0)
     att = Attention(16, 3, 8, dropout=0.0)
     memory, mask = _masked_memory()
-    q_in = torch.randn(5, 1, 16, requires_grad=True)
-    k, v = att.project_kv(memory)
-    fast = att.attend(q_in, k, v, mask[:, None, None, :])
-    ref = _reference_attend(att, q_in, k, v, mask[:, None, None, :])
-    assert torch.allclose(fast, ref, atol=1e-5)
-    params = (q_in, memory, att.q.weight, att.k.weight)
-    g_fast = torch.autograd.grad(fast.square().sum(), params, retain_graph=True)
-    g_ref = torch.autograd.grad(ref.square().sum(), params)
-    for a, b in zip(g_fast, g_ref):
-        assert torch.allclose(a, b, atol=1e-5)
+    q_in = torch.randn(5, queries, 16, requires_grad=True)
+    causal = torch.arange(7)[None, :] <= torch.arange(7 - queries, 7)[:, None]  # [n, S], as DecoderLayer builds
+    for m in (mask[:, None, None, :], causal):
+        k, v = att.project_kv(memory)
+        fast = att.attend(q_in, k, v, m)
+        ref = _reference_attend(att, q_in, k, v, m)
+        assert fast.shape == ref.shape and torch.allclose(fast, ref, atol=1e-5)
+        params = (q_in, memory, att.q.weight, att.k.weight)
+        g_fast = torch.autograd.grad(fast.square().sum(), params, retain_graph=True)
+        g_ref = torch.autograd.grad(ref.square().sum(), params)
+        for a, b in zip(g_fast, g_ref):
+            assert torch.allclose(a, b, atol=1e-5)
 
 
 def test_unprojected_memory_attention_matches_projected():
@@ -72,7 +77,7 @@ def test_auxiliary_decoder_same_with_and_without_projected_memory():
 
 @pytest.mark.parametrize("n_think,placement", [(1, "stepwise"), (0, "stepwise"), (2, "upfront")])
 def test_teacher_forcing_equals_one_full_causal_pass(n_think, placement):
-    """Teacher forcing runs the plan chunk by chunk against the unprojected memory (single-query and
+    """Teacher forcing runs the plan chunk by chunk against the unprojected memory (few-query and
     attend_memory paths); feeding the same inputs as one causal multi-token call with projected K/V (the fused
     attention kernel, as beam search uses) must give the same outputs."""
     torch.manual_seed(3)

@@ -92,6 +92,17 @@ def test_tiger_is_plain_seq2seq():
     torch.testing.assert_close(a.loss, b.loss)  # placement / align / reg weights are irrelevant to TIGER
 
 
+def test_teacher_forcing_steps_are_one_per_thinking_vector():
+    """A thinking slot starts a decoder step; the known codes after it ride along (L_sem + 1 steps, not 2L+1)."""
+    step = tiny_model(SIZES, 3, seed=0, n_think=1)
+    assert [[step.plan[i].kind for i in c] for c in step.chunks] == [
+        ["bos"], ["think", "code"], ["think", "code"], ["think", "code"]]
+    up = tiny_model(SIZES, 3, seed=0, n_think=1, placement="upfront")
+    assert up.chunks == [[0], [1], [2], [3, 4, 5, 6]]
+    two = tiny_model(SIZES, 3, seed=0, n_think=2)
+    assert [len(c) for c in two.chunks] == [1, 1, 2, 1, 2, 1, 2]
+
+
 @pytest.mark.parametrize("kw", CONFIGS, ids=IDS)
 def test_every_parameter_gets_a_gradient(kw):
     model = tiny_model(SIZES, 3, seed=0, **kw)
