@@ -128,12 +128,21 @@ def summarize(rows: list[dict]) -> list[str]:
     for other, claim in (("tiger", "S²GR vs TIGER (target: better on all four, >= +9.5% on average)"),
                          ("tiger_coba", "S²GR vs TIGER with the CoBa tokenizer (the gain of thinking alone)"),
                          ("s2gr_upfront", "stepwise vs upfront reasoning (target: stepwise better)"),
-                         ("s2gr_no_align", "S²GR vs S²GR without L_Align (target: removing L_Align hurts)")):
+                         ("s2gr_no_align", "S²GR vs S²GR without L_Align (target: removing L_Align hurts)"),
+                         ("s2gr_no_aux", "S²GR vs S²GR without the auxiliary decoder (L_InfoNCE, L_Reg)"),
+                         ("s2gr_no_cooc", "S²GR vs S²GR with CoBa's co-occurrence smoothing off"),
+                         ("s2gr_no_uniform", "S²GR vs S²GR with CoBa's uniformity penalty off"),
+                         ("s2gr_no_balance", "S²GR vs S²GR with CoBa's load balancing off"),
+                         ("s2gr_think2", "S²GR (one thinking vector per level) vs two")):
         if "s2gr" not in by_arm or other not in by_arm:
             continue
-        gains = {c: (means[("s2gr", c)] / means[(other, c)] - 1) * 100 for c in METRICS if means[(other, c)] > 0}
+        seeds = sorted({r["seed"] for r in by_arm["s2gr"]} & {r["seed"] for r in by_arm[other]})  # paired seeds
+        mine = {c: statistics.mean(r[c] for r in by_arm["s2gr"] if r["seed"] in seeds) for c in METRICS}
+        theirs = {c: statistics.mean(r[c] for r in by_arm[other] if r["seed"] in seeds) for c in METRICS}
+        gains = {c: (mine[c] / theirs[c] - 1) * 100 for c in METRICS if theirs[c] > 0}
         if gains:
-            lines.append(f"- {claim}, test standard view: " + ", ".join(f"{c} {g:+.1f}%" for c, g in gains.items())
+            lines.append(f"- {claim}, test standard view, seed{'s' if len(seeds) > 1 else ''} "
+                         f"{', '.join(map(str, seeds))}: " + ", ".join(f"{c} {g:+.1f}%" for c, g in gains.items())
                          + f"; average {statistics.mean(gains.values()):+.1f}%")
     users = [r.get("test_users") for r in rows if r.get("test_users")]
     if users and ("tiger", "recall@10") in means:
@@ -173,17 +182,29 @@ def main() -> int:
     if not (base / "manifest.json").exists():
         prepare_stage(cfg, base, log)
     embed_stage(cfg, base, log)
-    rows = []
+    rows: list[dict] = []
     args.results.mkdir(parents=True, exist_ok=True)
     for seed in args.seeds:
         for arm in args.arms:
-            m = run_arm(arm, seed, args, base, args.work)
-            report_path = args.work / f"{arm}_s{seed}" / "tokenizer" / "report.json"
-            report = json.loads(report_path.read_text()) if report_path.exists() else {}
-            rows.append(row_of(arm, seed, m, report))
+            run_arm(arm, seed, args, base, args.work)
+            rows = finished_rows(args.work)
             write(rows, args)
     print("\n".join(summarize(rows)))
     return 0
+
+
+def finished_rows(work: Path) -> list[dict]:
+    """One row per finished arm and seed in `work` (not only this invocation's), arms in ARMS order: adding seeds
+    or arms later keeps the earlier ones in the table."""
+    rows = []
+    for arm in ARMS:
+        runs = [(int(p.parent.name.rsplit("_s", 1)[1]), p.parent) for p in work.glob(f"{arm}_s*/metrics.json")
+                if p.parent.name.rsplit("_s", 1)[0] == arm and p.parent.name.rsplit("_s", 1)[1].isdigit()]
+        for seed, run in sorted(runs):
+            report_path = run / "tokenizer" / "report.json"
+            report = json.loads(report_path.read_text()) if report_path.exists() else {}
+            rows.append(row_of(arm, seed, json.loads((run / "metrics.json").read_text()), report))
+    return rows
 
 
 def write(rows: list[dict], args) -> None:
