@@ -198,8 +198,11 @@ def finished_rows(work: Path) -> list[dict]:
     or arms later keeps the earlier ones in the table."""
     rows = []
     for arm in ARMS:
-        runs = [(int(p.parent.name.rsplit("_s", 1)[1]), p.parent) for p in work.glob(f"{arm}_s*/metrics.json")
-                if p.parent.name.rsplit("_s", 1)[0] == arm and p.parent.name.rsplit("_s", 1)[1].isdigit()]
+        runs = []
+        for path in work.glob(f"{arm}_s*/metrics.json"):  # run_arm's folders: {arm}_s{seed}
+            name, _, seed = path.parent.name.rpartition("_s")
+            if name == arm and seed.isdigit():
+                runs.append((int(seed), path.parent))
         for seed, run in sorted(runs):
             report_path = run / "tokenizer" / "report.json"
             report = json.loads(report_path.read_text()) if report_path.exists() else {}

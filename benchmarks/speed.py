@@ -144,7 +144,6 @@ def bench_decode(args, device) -> None:
     sids, sizes = random_catalog(12101, SEM, dedup=True, seed=0)
     trie = PrefixTrie.from_sids(sids).to(device)
     for tokens in ("code", "item"):
-        rates = {}
         _decode_pair(f"tokens={tokens}", dict(history_tokens=tokens), 20, args.decode_users, sids, sizes, trie,
                      args, device)
     # The paper's 0.90 h / 0.88 h is a regime where the encoder dominates (long industrial histories): the thinking
@@ -222,7 +221,7 @@ def bench_ray(args, device) -> None:
 
     work = Path(tempfile.mkdtemp(prefix="s2gr-speed-"))
     data = os.environ.get("S2GR_BEAUTY_PATH", str(REPO.parent / "shared" / "data" / "amazon-beauty"))
-    base = [f"data.format=sequences", f"data.path={data}"] if Path(data, "sequences.txt").exists() else []
+    base = ["data.format=sequences", f"data.path={data}"] if Path(data, "sequences.txt").exists() else []
     steps = args.ray_steps
     common = base + [*(f"model.{k}={v}" for k, v in SMALL.items()), "train.batch_size=256", "train.max_epochs=1",
                      f"train.max_steps_per_epoch={steps}", "eval.max_users=256", "eval.beam_size=10",
@@ -235,14 +234,14 @@ def bench_ray(args, device) -> None:
     # ZeRO-2 is the config default; with one worker it has nothing to partition. DDP: the torch engine, no DeepSpeed
     engines = {"DeepSpeed ZeRO-0": ["train.zero_stage=0"], "DeepSpeed ZeRO-2": ["train.zero_stage=2"],
                "torch DDP": ["train.engine=ddp"]}
-    for i, (stage, extra) in enumerate(engines.items()):
+    for i, (engine, extra) in enumerate(engines.items()):
         t0 = time.perf_counter()
         metrics = train_stage(load_config(None, common + extra + [f"train.run_name=e{i}"]), work, log)
-        ray_rates[stage] = metrics["history"][0]["train/samples_per_s"]
-        steady[stage] = metrics["history"][0].get("train/samples_per_s_steady", float("nan"))
-        record("ray", f"Ray Data + Ray Train, 1 worker, {stage}, CPU preset size, {steps} steps",
-               ray_rates[stage], "samples/s", f"whole epoch; after the first {WARM_STEPS} steps: "
-               f"{steady[stage]:.0f}; run wall {time.perf_counter() - t0:.0f}s")
+        ray_rates[engine] = metrics["history"][0]["train/samples_per_s"]
+        steady[engine] = metrics["history"][0].get("train/samples_per_s_steady", float("nan"))
+        record("ray", f"Ray Data + Ray Train, 1 worker, {engine}, CPU preset size, {steps} steps",
+               ray_rates[engine], "samples/s", f"whole epoch; after the first {WARM_STEPS} steps: "
+               f"{steady[engine]:.0f}; run wall {time.perf_counter() - t0:.0f}s")
     # bare loop over the same parquet rows and the same model
     torch.manual_seed(0)
     from s2gr_ray.training.worker import build_model
@@ -276,11 +275,11 @@ def bench_ray(args, device) -> None:
     bare, bare_steady = seen / (t_end - t0), (seen - seen_warm) / (t_end - t_warm)
     record("ray", f"bare in-process torch loop, same model and rows, {steps} steps", bare, "samples/s",
            f"after the first {WARM_STEPS} steps: {bare_steady:.0f}")
-    for stage, rate in ray_rates.items():
-        record("ray", f"Ray ({stage}) / bare samples/s, whole epoch", rate / bare, "ratio",
+    for engine, rate in ray_rates.items():
+        record("ray", f"Ray ({engine}) / bare samples/s, whole epoch", rate / bare, "ratio",
                "target >= 0.95; Ray's epoch includes Ray Data start-up")
-        record("ray", f"Ray ({stage}) / bare samples/s, after the first {WARM_STEPS} steps",
-               steady[stage] / bare_steady, "ratio", "target >= 0.95")
+        record("ray", f"Ray ({engine}) / bare samples/s, after the first {WARM_STEPS} steps",
+               steady[engine] / bare_steady, "ratio", "target >= 0.95")
 
 
 def bench_memory(args, device) -> None:
@@ -375,7 +374,7 @@ def write_results(args) -> None:
         w.writerows(ROWS)
     commit = _commit(REPO)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {os.cpu_count()} cores"
-    lines = [f"# Speed benchmark", "", f"- date {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, commit {commit}, "
+    lines = ["# Speed benchmark", "", f"- date {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, commit {commit}, "
              f"device: {device}, torch threads {torch.get_num_threads()}",
              f"- command: `python benchmarks/speed.py {' '.join(sys.argv[1:])}`"
              + (f" (s2gr_ray from {args.code} at commit {_commit(args.code)})" if args.code != str(REPO) else ""), "",
