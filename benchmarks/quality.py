@@ -26,7 +26,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from s2gr_ray.config import load_config  # noqa: E402
+from s2gr_ray.config import flatten, load_config  # noqa: E402
 
 ARMS: dict[str, list[str]] = {
     "tiger": ["tokenizer.kind=rqvae", "model.n_think=0", "model.aux_decoder_layers=0"],
@@ -69,10 +69,13 @@ def run_arm(arm: str, seed: int, args, base: Path, work: Path) -> dict:
                  f"train.run_name={arm}_s{seed}", *ARMS[arm], *args.overrides]
     cfg = load_config(PRESETS[args.scale], overrides)
     run = work / f"{arm}_s{seed}"
+    settings = {k: v for k, v in flatten(cfg).items() if not k.startswith(SPEED_ONLY)}
     if (run / "metrics.json").exists() and not args.force:
+        check_same_settings(run, settings)
         log(f"{arm} seed {seed}: reusing {run / 'metrics.json'}")
         return json.loads((run / "metrics.json").read_text())
     link_data(base, run)
+    (run / ARM_SETTINGS).write_text(json.dumps(settings, indent=1, sort_keys=True, default=list))
     tok_cache = work / "tokenizers" / cfg.section_hash("tokenizer", "seed")
     if tok_cache.exists() and not (run / "tokenizer").exists():
         shutil.copytree(tok_cache, run / "tokenizer")
@@ -84,6 +87,27 @@ def run_arm(arm: str, seed: int, args, base: Path, work: Path) -> dict:
     log(f"{arm} seed {seed}: test {json.dumps({k: round(metrics['test'][k], 4) for k in METRICS})} "
         f"({time.time() - t0:.0f}s)")
     return metrics
+
+
+# keys that change where or how fast an arm runs, not what it learns: a finished arm is reused across them
+SPEED_ONLY = ("data.path", "ray.", "train.storage_path", "train.log_every", "train.compile", "train.torch_threads",
+              "train.cpus_per_worker", "eval.batch_size")
+ARM_SETTINGS = "arm_settings.json"
+
+
+def check_same_settings(run: Path, settings: dict) -> None:
+    """Refuse to reuse a finished arm trained with other settings (e.g. another train.max_epochs)."""
+    path = run / ARM_SETTINGS
+    if not path.exists():
+        log(f"note: {run} has no {ARM_SETTINGS} (trained by an older quality.py); reusing it unchecked")
+        return
+    saved = json.loads(path.read_text())
+    now = json.loads(json.dumps(settings, default=list))
+    diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+    if diff:
+        shown = ", ".join(f"{k}: {saved.get(k)!r} then, {now.get(k)!r} now" for k in diff[:6])
+        raise SystemExit(f"{run} was trained with other settings ({shown}{', ...' if len(diff) > 6 else ''}); "
+                         "pass --force to retrain it, or a new --work folder (and --tag) for these settings")
 
 
 def row_of(arm: str, seed: int, m: dict, report: dict) -> dict:

@@ -1,14 +1,15 @@
 """Speed benchmark: training and decoding throughput, S²GR / TIGER cost ratios, catalog-size independence, and the
 Ray framework tax — every figure measured in one run, with the ratios computed from that run.
 
-    python benchmarks/speed.py                     # everything (about 10-15 minutes on 2 cores)
+    python benchmarks/speed.py                     # everything (about 20 minutes on 2 cores)
     python benchmarks/speed.py --sections train decode
     python benchmarks/speed.py --quick             # fewer steps (smoke)
 
 Writes benchmarks/results/speed.{md,csv} and prints the table. Sections:
   train    bare torch training samples/s, batch 256, TIGER size (4+4, d 128, 6x64 heads, FFN 1024) and small size
            (2+2, d 64), S²GR (n_think 1) and TIGER (n_think 0), history_tokens code / item, fp32 and bf16 autocast;
-           counted FLOPs per sample, the S²GR / TIGER FLOP ratio beside the time ratio, achieved GFLOP/s
+           counted FLOPs per sample, the S²GR / TIGER FLOP ratio beside the time ratio, achieved GFLOP/s;
+           with --compile (default) also torch.compile'd (train.compile) item-token rows and their compile time
   decode   constrained beam search users/s at beam 20, TIGER size, S²GR vs TIGER, 12,101-item catalog, with the
            FLOP ratio; the same pair with 100-item histories (--long-history: the encoder-dominated regime)
   catalog  decode users/s on 10,000 vs 1,000,000 items; trie build and residual assignment time for 1M items
@@ -29,7 +30,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
+
+# Ray sets OMP_NUM_THREADS in each worker (to its CPUs, at least 1) before torch loads; the training worker then sets
+# torch's threads itself. The bare loops here load torch the same way, so bare and Ray rows compare like with like.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+import torch  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 # --code DIR measures another checkout's s2gr_ray with this script (before/after comparisons on one machine)
@@ -113,21 +118,9 @@ def bench_train(args, device) -> None:
                 rates = {}
                 for arm, n_think in (("TIGER", 0), ("S2GR", 1)):
                     model = make_model(size, n_think, sizes, device, history_tokens=tokens)
-                    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
                     batches = [batch_for(sids, args.batch, 20, s, device) for s in range(3)]
                     steps = args.steps if label == "tiger-size" else args.steps * 2
-                    t0 = None
-                    for i in range(steps + 2):
-                        if i == 2:
-                            _sync(device)
-                            t0 = time.perf_counter()
-                        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "amp"):
-                            out = model(*batches[i % 3])
-                        opt.zero_grad(set_to_none=True)
-                        out.loss.backward()
-                        opt.step()
-                    _sync(device)
-                    rate = steps * args.batch / (time.perf_counter() - t0)
+                    rate, _ = _train_rate(model, batches, steps, precision, device)
                     rates[arm] = rate
                     record("train", f"{label} {arm} tokens={tokens} {precision}", rate, "samples/s",
                            f"batch {args.batch}")
@@ -138,6 +131,41 @@ def bench_train(args, device) -> None:
                                flops[arm] * rate / (args.peak_tflops * 1e12), "", f"peak {args.peak_tflops} TFLOP/s")
                 record("train", f"{label} tokens={tokens} {precision} S2GR/TIGER time per epoch",
                        rates["TIGER"] / rates["S2GR"], "ratio", "paper: 59 h / 45 h = 1.31")
+                if args.compile and tokens == "item" and (precision == "fp32" or device.type == "cuda"):
+                    _bench_compiled(args, device, label, size, precision, sids, sizes, rates)
+
+
+def _train_rate(model, batches, steps: int, precision: str, device) -> tuple[float, float]:
+    """(samples/s over `steps` optimizer steps after 2 warm-up steps, seconds of those warm-up steps)."""
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    t_start, t0 = time.perf_counter(), None
+    for i in range(steps + 2):
+        if i == 2:
+            _sync(device)
+            t0 = time.perf_counter()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "amp"):
+            out = model(*batches[i % 3])
+        opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        opt.step()
+    _sync(device)
+    return steps * batches[0][0].size(0) / (time.perf_counter() - t0), t0 - t_start
+
+
+def _bench_compiled(args, device, label: str, size: dict, precision: str, sids, sizes, eager: dict) -> None:
+    """train.compile: the same training step under torch.compile (nn.Module.compile), against the eager rates."""
+    compiled = {}
+    for arm, n_think in (("TIGER", 0), ("S2GR", 1)):
+        torch._dynamo.reset()
+        model = make_model(size, n_think, sizes, device, history_tokens="item")
+        model.compile()
+        batches = [batch_for(sids, args.batch, 20, s, device) for s in range(3)]
+        steps = args.steps if label == "tiger-size" else args.steps * 2
+        compiled[arm], warm = _train_rate(model, batches, steps, precision, device)
+        record("train", f"{label} {arm} tokens=item {precision} compiled", compiled[arm], "samples/s",
+               f"{compiled[arm] / eager[arm]:.2f}x eager; compile + 2 warm-up steps {warm:.0f}s")
+    record("train", f"{label} tokens=item {precision} compiled S2GR/TIGER time per epoch",
+           compiled["TIGER"] / compiled["S2GR"], "ratio", "both compiled")
 
 
 def bench_decode(args, device) -> None:
@@ -375,7 +403,8 @@ def write_results(args) -> None:
     commit = _commit(REPO)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {os.cpu_count()} cores"
     lines = ["# Speed benchmark", "", f"- date {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, commit {commit}, "
-             f"device: {device}, torch threads {torch.get_num_threads()}",
+             f"device: {device}, torch threads {torch.get_num_threads()}, "
+             f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')} (as in a Ray worker)",
              f"- command: `python benchmarks/speed.py {' '.join(sys.argv[1:])}`"
              + (f" (s2gr_ray from {args.code} at commit {_commit(args.code)})" if args.code != str(REPO) else ""), "",
              "| section | measure | value | unit | note |", "|---|---|---:|---|---|"]
@@ -397,6 +426,8 @@ def main() -> int:
                    "decode pair (the encoder-dominated regime of the paper's cost figure)")
     p.add_argument("--ray-steps", type=int, default=300)
     p.add_argument("--peak-tflops", type=float, default=0.0, help="the GPU's dense bf16 peak (H100 SXM: 989)")
+    p.add_argument("--no-compile", dest="compile", action="store_false",
+                   help="skip the torch.compile rows of the train section (each compile takes ~1 min on 2 cores)")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--tag", default="", help="suffix of the result files (e.g. _gpu)")
     p.add_argument("--code", default=str(REPO), help="a checkout whose s2gr_ray is measured (default: this one)")

@@ -165,6 +165,11 @@ class TrainConfig:
     # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 (DeepSpeed bf16 weights + optimizer) | amp (fp32 weights and
     # optimizer, bf16 autocast compute: both engines, CPU or GPU; ~1.3-1.5x faster at TIGER size on AVX-512 CPUs)
     precision: str = "auto"
+    # torch.compile the training forward + backward (nn.Module.compile: checkpoints keep their keys), one graph
+    # that fuses the thinking steps' many small ops; a one-time compile of ~1 min per worker. Evaluation and beam
+    # search stay eager. Off by default: on the 2-core CPU it does not pay (benchmarks/results/speed.md); meant for
+    # GPUs, where those small ops are kernel-launch bound.
+    compile: bool = False
     num_workers: int = 1
     use_gpu: bool = False
     cpus_per_worker: float = 0.5
@@ -318,6 +323,10 @@ def validate(cfg: Config) -> Config:
                           f"train.grad_accum_steps = {tr.num_workers * tr.grad_accum_steps}")
     if tr.zero_stage not in (0, 1, 2, 3):
         raise ConfigError(f"train.zero_stage = {tr.zero_stage} must be 0, 1, 2 or 3")
+    if tr.compile and tr.engine == "deepspeed" and tr.zero_stage == 3:
+        raise ConfigError("train.compile = true is not supported with train.zero_stage = 3 (ZeRO-3 gathers "
+                          "parameters in module hooks that torch.compile does not trace); use zero_stage <= 2 or "
+                          "train.compile=false")
     if tr.precision == "bf16" and tr.engine == "ddp":
         raise ConfigError("train.precision = bf16 needs train.engine = deepspeed")
     if not ev.ks or any(k <= 0 for k in ev.ks):

@@ -201,5 +201,7 @@ class _null:
 
 
 def make_engine(model, cfg: TrainConfig, world_size: int, total_steps: int, device: torch.device):
+    if cfg.compile:  # in place (nn.Module.compile): the engines call the compiled forward, state_dict keys unchanged
+        model.compile()
     cls = DeepSpeedEngine if cfg.engine == "deepspeed" else DDPEngine
     return cls(model, cfg, world_size, total_steps, device)

@@ -39,8 +39,8 @@ def build_model(cfg, tok: dict[str, Any]):
     from s2gr_ray.model.s2gr import S2GR
 
     return S2GR(cfg.model, tok["level_sizes"], tok["num_semantic_levels"],
-                [torch.as_tensor(c) for c in tok["coarse_centres"]],
-                [torch.as_tensor(m) for m in tok["code_to_cluster"]], max_history=cfg.data.max_history)
+                [torch.tensor(np.asarray(c)) for c in tok["coarse_centres"]],  # copies: Ray hands read-only arrays
+                [torch.tensor(np.asarray(m)) for m in tok["code_to_cluster"]], max_history=cfg.data.max_history)
 
 
 def evaluate_shard(model, shard, trie, cfg, device, batch_size: int) -> dict[str, float]:
@@ -140,6 +140,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     train_shard = ray.train.get_dataset_shard("train")
     valid_shard = ray.train.get_dataset_shard("valid")
     t_start = time.time()
+    compiled_once = False
 
     while not state["stopped_early"] and state["epoch"] < cfg.train.max_epochs:
         epoch = state["epoch"]
@@ -153,7 +154,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 with open(Path(record_dir) / f"rank{rank}.txt", "a") as fh:
                     fh.write("".join(f"{u} {t} {h}\n" for u, t, h in zip(batch["user_id"].tolist(),
                                      batch["target"].tolist(), batch["history_len"].tolist())))
+            first_compiled = cfg.train.compile and not compiled_once
+            if first_compiled and rank == 0:
+                print("[train] torch.compile (train.compile=true): compiling the training step, ~1-2 min on CPU "
+                      "(once per worker) ...", flush=True)
+            t_step = time.time()
             terms = engine.train_step(_to_device(batch, device))
+            if first_compiled:
+                compiled_once = True
+                if rank == 0:
+                    print(f"[train] compiled in {time.time() - t_step:.0f}s", flush=True)
             for k, v in terms.items():
                 term_sums[k] = term_sums.get(k, 0.0) + float(v)
             n_terms += 1

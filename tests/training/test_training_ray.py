@@ -88,6 +88,21 @@ def test_resume_continues_the_step_count(base_run, tmp_path, capfd):
     assert "resumed from checkpoint: epoch 1" in capfd.readouterr().out
 
 
+def test_compiled_training_under_deepspeed_amp(base_run, tmp_path, capfd):
+    """train.compile=true: the worker compiles the DeepSpeed-wrapped model once (bf16 autocast) and exports
+    weights under their plain names (serving loads them into an uncompiled model)."""
+    import torch
+
+    run = fresh_run(base_run, tmp_path)
+    out = train(run, "train.compile=true", "train.precision=amp", "train.max_epochs=2", "train.run_name=compiled")
+    assert out["train"]["steps"] > 0 and all(math.isfinite(h["train/loss"]) for h in out["history"])
+    assert out["test"]["count"] == 120
+    printed = capfd.readouterr().out
+    assert printed.count("[train] compiled in") == 1
+    state = torch.load(run / "model" / "model.pt", map_location="cpu", weights_only=True)
+    assert state and not any("_orig_mod" in k for k in state)
+
+
 def test_zero3_trains_with_partitioned_parameters(base_run, tmp_path):
     run = fresh_run(base_run, tmp_path)
     out = train(run, "train.zero_stage=3", "train.max_epochs=1", "train.run_name=zero3")
