@@ -10,7 +10,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-ORDER = ["quality_cpu.md", "quality_cpu_long.md", "quality_paper.md", "speed.md", "speed_gpu.md", "speed_before_17d88e1.md",
+ORDER = ["quality_cpu.md", "quality_cpu_long.md", "quality_cpu_conv.md", "quality_paper.md", "speed.md", "speed_gpu.md", "speed_before_17d88e1.md",
          "tokenizer_beauty.md"]
 
 
