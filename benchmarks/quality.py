@@ -69,7 +69,7 @@ def run_arm(arm: str, seed: int, args, base: Path, work: Path) -> dict:
                  f"train.run_name={arm}_s{seed}", *ARMS[arm], *args.overrides]
     cfg = load_config(PRESETS[args.scale], overrides)
     run = work / f"{arm}_s{seed}"
-    settings = {k: v for k, v in flatten(cfg).items() if not k.startswith(SPEED_ONLY)}
+    settings = arm_settings(cfg)
     if (run / "metrics.json").exists() and not args.force:
         check_same_settings(run, settings)
         log(f"{arm} seed {seed}: reusing {run / 'metrics.json'}")
@@ -93,6 +93,11 @@ def run_arm(arm: str, seed: int, args, base: Path, work: Path) -> dict:
 SPEED_ONLY = ("data.path", "ray.", "train.storage_path", "train.log_every", "train.compile", "train.torch_threads",
               "train.cpus_per_worker", "eval.batch_size")
 ARM_SETTINGS = "arm_settings.json"
+
+
+def arm_settings(cfg) -> dict:
+    """What an arm learns from: the flattened config without the SPEED_ONLY keys."""
+    return {k: v for k, v in flatten(cfg).items() if not k.startswith(SPEED_ONLY)}
 
 
 def check_same_settings(run: Path, settings: dict) -> None:

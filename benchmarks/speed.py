@@ -9,7 +9,7 @@ Writes benchmarks/results/speed.{md,csv} and prints the table. Sections:
   train    bare torch training samples/s, batch 256, TIGER size (4+4, d 128, 6x64 heads, FFN 1024) and small size
            (2+2, d 64), S²GR (n_think 1) and TIGER (n_think 0), history_tokens code / item, fp32 and bf16 autocast;
            counted FLOPs per sample, the S²GR / TIGER FLOP ratio beside the time ratio, achieved GFLOP/s;
-           with --compile (default) also torch.compile'd (train.compile) item-token rows and their compile time
+           also torch.compile'd (train.compile) item-token rows and their compile time (--no-compile skips them)
   decode   constrained beam search users/s at beam 20, TIGER size, S²GR vs TIGER, 12,101-item catalog, with the
            FLOP ratio; the same pair with 100-item histories (--long-history: the encoder-dominated regime)
   catalog  decode users/s on 10,000 vs 1,000,000 items; trie build and residual assignment time for 1M items

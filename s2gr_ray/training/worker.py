@@ -156,7 +156,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                                      batch["target"].tolist(), batch["history_len"].tolist())))
             first_compiled = cfg.train.compile and not compiled_once
             if first_compiled and rank == 0:
-                print("[train] torch.compile (train.compile=true): compiling the training step, ~1-2 min on CPU "
+                print("[train] torch.compile (train.compile=true): compiling the training step, ~1 min on CPU "
                       "(once per worker) ...", flush=True)
             t_step = time.time()
             terms = engine.train_step(_to_device(batch, device))

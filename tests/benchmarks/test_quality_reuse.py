@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from s2gr_ray.config import flatten, load_config
+from s2gr_ray.config import load_config
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -20,8 +20,7 @@ def _quality():
 
 
 def _settings(q, *overrides):
-    cfg = load_config(REPO / "configs" / "beauty.yaml", list(overrides))
-    return {k: v for k, v in flatten(cfg).items() if not k.startswith(q.SPEED_ONLY)}
+    return q.arm_settings(load_config(REPO / "configs" / "beauty.yaml", list(overrides)))
 
 
 def test_reuse_refuses_other_training_settings_and_ignores_speed_only_keys(tmp_path):
