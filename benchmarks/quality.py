@@ -199,14 +199,15 @@ def main() -> int:
                    "(use a separate --work folder when the overrides change the training)")
     p.add_argument("overrides", nargs="*", help="key=value applied to every arm (e.g. train.max_epochs=10)")
     args = p.parse_args()
-    if not (Path(args.data) / "sequences.txt").exists():
+    base = args.work / f"base_{args.scale}"
+    # the raw files are read once, into WORK/base_SCALE; a prepared base (e.g. copied to a GPU machine) needs none
+    if not (base / "manifest.json").exists() and not (Path(args.data) / "sequences.txt").exists():
         print(f"Amazon Beauty not found at {args.data}: pass --data or set S2GR_BEAUTY_PATH", file=sys.stderr)
         return 2
 
     from s2gr_ray.data.embed import embed_stage
     from s2gr_ray.data.prepare import prepare_stage
 
-    base = args.work / f"base_{args.scale}"
     cfg = load_config(PRESETS[args.scale], [f"data.path={args.data}", *args.overrides])
     if not (base / "manifest.json").exists():
         prepare_stage(cfg, base, log)
@@ -246,8 +247,8 @@ def write(rows: list[dict], args) -> None:
         w.writeheader()
         w.writerows(rows)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                            text=True).stdout.strip()
-    machine = f"{os.cpu_count()} CPU cores" + ("" if _has_cuda() else ", no GPU")
+                            text=True).stdout.strip() or os.environ.get("S2GR_COMMIT", "unknown")  # copy without .git
+    machine = f"{os.cpu_count()} CPU cores, " + (_gpu_name() or "no GPU")
     header = [f"# Quality benchmark ({args.scale} scale{', ' + args.tag.strip('_') if args.tag else ''})", "",
               f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; commit {commit}; machine: {machine}",
               f"- command: `python benchmarks/quality.py {' '.join(sys.argv[1:])}`",
@@ -256,10 +257,10 @@ def write(rows: list[dict], args) -> None:
     (args.results / f"quality_{args.scale}{args.tag}.md").write_text("\n".join(header + summarize(rows)) + "\n")
 
 
-def _has_cuda() -> bool:
+def _gpu_name() -> str:
     import torch
 
-    return torch.cuda.is_available()
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else ""
 
 
 if __name__ == "__main__":

@@ -103,7 +103,7 @@ def batch_for(sids: np.ndarray, b: int, t: int, seed: int, device):
 
 def bench_train(args, device) -> None:
     sids, sizes = random_catalog(12101, SEM, dedup=True, seed=0)
-    runs = [("tiger-size", TIGER), ("small", SMALL)]
+    runs = [(label, size) for label, size in (("tiger-size", TIGER), ("small", SMALL)) if label in args.sizes]
     for label, size in runs:
         for tokens in ("code", "item"):
             flops = {}  # per sample, one forward + backward
@@ -385,7 +385,7 @@ def _write_tokenizer(run: Path, sids, sizes, cfg) -> None:
 
 def _commit(folder) -> str:
     return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=folder, capture_output=True,
-                          text=True).stdout.strip()
+                          text=True).stdout.strip() or os.environ.get("S2GR_COMMIT", "unknown")  # copy without .git
 
 
 def _sync(device) -> None:
@@ -418,6 +418,8 @@ def main() -> int:
     p.add_argument("--sections", nargs="+", default=["train", "decode", "catalog", "ray", "memory"],
                    choices=["train", "decode", "catalog", "ray", "memory"])
     p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--sizes", nargs="+", default=["tiger-size", "small"], choices=["tiger-size", "small"],
+                   help="model sizes of the train section")
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--beam", type=int, default=20)
     p.add_argument("--decode-users", type=int, default=256)
