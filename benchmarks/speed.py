@@ -105,7 +105,7 @@ def bench_train(args, device) -> None:
     sids, sizes = random_catalog(12101, SEM, dedup=True, seed=0)
     runs = [(label, size) for label, size in (("tiger-size", TIGER), ("small", SMALL)) if label in args.sizes]
     for label, size in runs:
-        for tokens in ("code", "item"):
+        for tokens in args.tokens:
             flops = {}  # per sample, one forward + backward
             for arm, n_think in (("TIGER", 0), ("S2GR", 1)):
                 model = make_model(size, n_think, sizes, device, history_tokens=tokens)
@@ -114,7 +114,7 @@ def bench_train(args, device) -> None:
             record("train", f"{label} tokens={tokens} S2GR/TIGER FLOPs per sample", flops["S2GR"] / flops["TIGER"],
                    "ratio", f"matmul + attention FLOPs, TIGER {flops['TIGER'] / 1e6:.0f} M/sample: the time ratio "
                    "if both ran at the same FLOP/s")
-            for precision in ("fp32", "amp"):
+            for precision in args.precisions:
                 rates = {}
                 for arm, n_think in (("TIGER", 0), ("S2GR", 1)):
                     model = make_model(size, n_think, sizes, device, history_tokens=tokens)
@@ -131,8 +131,9 @@ def bench_train(args, device) -> None:
                                flops[arm] * rate / (args.peak_tflops * 1e12), "", f"peak {args.peak_tflops} TFLOP/s")
                 record("train", f"{label} tokens={tokens} {precision} S2GR/TIGER time per epoch",
                        rates["TIGER"] / rates["S2GR"], "ratio", "paper: 59 h / 45 h = 1.31")
-                if args.compile and tokens == "item" and (precision == "fp32" or device.type == "cuda"):
-                    _bench_compiled(args, device, label, size, precision, sids, sizes, rates)
+                compile_tokens = "item" if "item" in args.tokens else args.tokens[0]
+                if args.compile and tokens == compile_tokens and (precision == "fp32" or device.type == "cuda"):
+                    _bench_compiled(args, device, label, size, tokens, precision, sids, sizes, rates)
 
 
 def _train_rate(model, batches, steps: int, precision: str, device) -> tuple[float, float]:
@@ -152,19 +153,20 @@ def _train_rate(model, batches, steps: int, precision: str, device) -> tuple[flo
     return steps * batches[0][0].size(0) / (time.perf_counter() - t0), t0 - t_start
 
 
-def _bench_compiled(args, device, label: str, size: dict, precision: str, sids, sizes, eager: dict) -> None:
+def _bench_compiled(args, device, label: str, size: dict, tokens: str, precision: str, sids, sizes,
+                    eager: dict) -> None:
     """train.compile: the same training step under torch.compile (nn.Module.compile), against the eager rates."""
     compiled = {}
     for arm, n_think in (("TIGER", 0), ("S2GR", 1)):
         torch._dynamo.reset()
-        model = make_model(size, n_think, sizes, device, history_tokens="item")
+        model = make_model(size, n_think, sizes, device, history_tokens=tokens)
         model.compile()
         batches = [batch_for(sids, args.batch, 20, s, device) for s in range(3)]
         steps = args.steps if label == "tiger-size" else args.steps * 2
         compiled[arm], warm = _train_rate(model, batches, steps, precision, device)
-        record("train", f"{label} {arm} tokens=item {precision} compiled", compiled[arm], "samples/s",
+        record("train", f"{label} {arm} tokens={tokens} {precision} compiled", compiled[arm], "samples/s",
                f"{compiled[arm] / eager[arm]:.2f}x eager; compile + 2 warm-up steps {warm:.0f}s")
-    record("train", f"{label} tokens=item {precision} compiled S2GR/TIGER time per epoch",
+    record("train", f"{label} tokens={tokens} {precision} compiled S2GR/TIGER time per epoch",
            compiled["TIGER"] / compiled["S2GR"], "ratio", "both compiled")
 
 
@@ -418,6 +420,9 @@ def main() -> int:
     p.add_argument("--sections", nargs="+", default=["train", "decode", "catalog", "ray", "memory"],
                    choices=["train", "decode", "catalog", "ray", "memory"])
     p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--tokens", nargs="+", default=["code", "item"], choices=["code", "item"],
+                   help="history_tokens layouts of the train section (compiled rows: item, else the first)")
+    p.add_argument("--precisions", nargs="+", default=["fp32", "amp"], choices=["fp32", "amp"])
     p.add_argument("--sizes", nargs="+", default=["tiger-size", "small"], choices=["tiger-size", "small"],
                    help="model sizes of the train section")
     p.add_argument("--steps", type=int, default=6)

@@ -144,7 +144,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     while not state["stopped_early"] and state["epoch"] < cfg.train.max_epochs:
         epoch = state["epoch"]
-        t0, seen, term_sums, n_terms = time.time(), 0, {}, 0
+        # the loss terms are summed on the device and read once per epoch: a float() per step would make the CPU
+        # wait for the GPU every step, so it could not queue the next step's kernels while the GPU runs this one
+        t0, seen, term_keys, term_acc, n_terms = time.time(), 0, None, None, 0
         t_warm, seen_warm = t0, 0  # throughput after the first WARM_STEPS (pipeline start-up excluded)
         for i, batch in enumerate(train_shard.iter_torch_batches(batch_size=micro, drop_last=True,
                                                                  local_shuffle_buffer_size=micro * 4)):
@@ -164,8 +166,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 compiled_once = True
                 if rank == 0:
                     print(f"[train] compiled in {time.time() - t_step:.0f}s", flush=True)
-            for k, v in terms.items():
-                term_sums[k] = term_sums.get(k, 0.0) + float(v)
+            if term_keys is None:
+                term_keys = list(terms)
+            values = torch.stack([terms[k].detach().float().reshape(()) for k in term_keys])
+            term_acc = values if term_acc is None else term_acc + values
             n_terms += 1
             seen += micro * world
             if i + 1 == WARM_STEPS:
@@ -185,6 +189,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                     writer.add_scalar("train/lr", engine.lr, step)
                     writer.add_scalar("train/samples_per_s", rate, step)
         epoch_time = time.time() - t0
+        term_sums = dict(zip(term_keys, term_acc.tolist())) if term_keys else {}
         train_metrics = {f"train/{k}": v / max(n_terms, 1) for k, v in term_sums.items()}
         train_metrics["train/samples_per_s"] = seen / max(epoch_time, 1e-9)
         if seen_warm and seen > seen_warm:
