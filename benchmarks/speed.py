@@ -14,7 +14,7 @@ Writes benchmarks/results/speed.{md,csv} and prints the table. Sections:
            FLOP ratio; the same pair with 100-item histories (--long-history: the encoder-dominated regime)
   catalog  decode users/s on 10,000 vs 1,000,000 items; trie build and residual assignment time for 1M items
   ray      Ray Data + Ray Train (1 worker, DeepSpeed) samples/s vs a bare in-process loop, same model and rows,
-           over the whole epoch and after the first 20 steps (Ray Data start-up excluded)
+           over the whole epoch and after the first 20 steps (Ray Data start-up excluded); Ray Data ingest alone
   memory   peak memory of a full training epoch over 1x vs 10x the Beauty training rows (synthetic)
 On a CUDA machine the train section also reports the fraction of the card's bf16 peak (--peak-tflops), from the
 counted FLOPs.
@@ -274,10 +274,20 @@ def bench_ray(args, device) -> None:
                f"{steady[engine]:.0f}; run wall {time.perf_counter() - t0:.0f}s")
     # bare loop over the same parquet rows and the same model
     torch.manual_seed(0)
+    from s2gr_ray.training.data_pipeline import build_datasets
     from s2gr_ray.training.worker import build_model
     from s2gr_ray.tokenizer.sid import SIDTokenizer
 
     tok = SIDTokenizer.load(work / "tokenizer")
+    # the Ray path's ceiling: the same Ray Data pipeline and batch iteration as the worker's, with no model
+    ds = build_datasets(work, tok.sids, cfg.data.max_history, splits=("train",))["train"]
+    t0, n = time.perf_counter(), 0
+    for b in ds.iter_torch_batches(batch_size=256, drop_last=True, local_shuffle_buffer_size=256 * 4):
+        n += len(b["target"])
+        if n >= steps * 256:
+            break
+    record("ray", f"Ray Data ingest alone, same pipeline and iteration, no model, {steps} batches",
+           n / (time.perf_counter() - t0), "samples/s", "the Ray path's ceiling (in the driver, start-up included)")
     payload = {"level_sizes": tok.level_sizes, "num_semantic_levels": tok.num_semantic_levels,
                "coarse_centres": tok.coarse_centres, "code_to_cluster": tok.code_to_cluster}
     model = build_model(cfg, payload)
