@@ -188,8 +188,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                         writer.add_scalar(f"train/{k}", float(v), step)
                     writer.add_scalar("train/lr", engine.lr, step)
                     writer.add_scalar("train/samples_per_s", rate, step)
+        term_sums = dict(zip(term_keys, term_acc.tolist())) if term_keys else {}  # waits for the epoch's last step
         epoch_time = time.time() - t0
-        term_sums = dict(zip(term_keys, term_acc.tolist())) if term_keys else {}
         train_metrics = {f"train/{k}": v / max(n_terms, 1) for k, v in term_sums.items()}
         train_metrics["train/samples_per_s"] = seen / max(epoch_time, 1e-9)
         if seen_warm and seen > seen_warm:
