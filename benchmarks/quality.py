@@ -200,9 +200,9 @@ def main() -> int:
     p.add_argument("overrides", nargs="*", help="key=value applied to every arm (e.g. train.max_epochs=10)")
     args = p.parse_args()
     base = args.work / f"base_{args.scale}"
-    # the raw files are read once, into WORK/base_SCALE; a prepared base (e.g. copied to a GPU machine) needs none
-    if not (base / "manifest.json").exists() and not (Path(args.data) / "sequences.txt").exists():
-        print(f"Amazon Beauty not found at {args.data}: pass --data or set S2GR_BEAUTY_PATH", file=sys.stderr)
+    problem = missing_data(base, Path(args.data))
+    if problem:
+        print(problem, file=sys.stderr)
         return 2
 
     from s2gr_ray.data.embed import embed_stage
@@ -221,6 +221,15 @@ def main() -> int:
             write(rows, args)
     print("\n".join(summarize(rows)))
     return 0
+
+
+def missing_data(base: Path, data: Path) -> str:
+    """Why the run cannot start ("" if it can). The raw files are read once, into WORK/base_SCALE: a prepared base
+    (e.g. copied to a GPU machine with the tokenizer cache) needs none."""
+    if (base / "manifest.json").exists() or (data / "sequences.txt").exists():
+        return ""
+    return (f"Amazon Beauty not found at {data} and no prepared base at {base}: pass --data or set "
+            "S2GR_BEAUTY_PATH (or --work a folder holding base_SCALE)")
 
 
 def finished_rows(work: Path) -> list[dict]:
