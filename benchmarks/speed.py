@@ -104,6 +104,7 @@ def batch_for(sids: np.ndarray, b: int, t: int, seed: int, device):
 def bench_train(args, device) -> None:
     sids, sizes = random_catalog(12101, SEM, dedup=True, seed=0)
     runs = [(label, size) for label, size in (("tiger-size", TIGER), ("small", SMALL)) if label in args.sizes]
+    compile_tokens = "item" if "item" in args.tokens else args.tokens[0]  # the compiled rows' layout
     for label, size in runs:
         for tokens in args.tokens:
             flops = {}  # per sample, one forward + backward
@@ -131,7 +132,6 @@ def bench_train(args, device) -> None:
                                flops[arm] * rate / (args.peak_tflops * 1e12), "", f"peak {args.peak_tflops} TFLOP/s")
                 record("train", f"{label} tokens={tokens} {precision} S2GR/TIGER time per epoch",
                        rates["TIGER"] / rates["S2GR"], "ratio", "paper: 59 h / 45 h = 1.31")
-                compile_tokens = "item" if "item" in args.tokens else args.tokens[0]
                 if args.compile and tokens == compile_tokens and (precision == "fp32" or device.type == "cuda"):
                     _bench_compiled(args, device, label, size, tokens, precision, sids, sizes, rates)
 
@@ -274,7 +274,7 @@ def bench_ray(args, device) -> None:
                f"{steady[engine]:.0f}; run wall {time.perf_counter() - t0:.0f}s")
     # bare loop over the same parquet rows and the same model
     torch.manual_seed(0)
-    from s2gr_ray.training.data_pipeline import build_datasets
+    from s2gr_ray.training.data_pipeline import build_datasets, train_batches
     from s2gr_ray.training.worker import build_model
     from s2gr_ray.tokenizer.sid import SIDTokenizer
 
@@ -282,7 +282,7 @@ def bench_ray(args, device) -> None:
     # the Ray path's ceiling: the same Ray Data pipeline and batch iteration as the worker's, with no model
     ds = build_datasets(work, tok.sids, cfg.data.max_history, splits=("train",))["train"]
     t0, n = time.perf_counter(), 0
-    for b in ds.iter_torch_batches(batch_size=256, drop_last=True, local_shuffle_buffer_size=256 * 4):
+    for b in train_batches(ds, 256):
         n += len(b["target"])
         if n >= steps * 256:
             break

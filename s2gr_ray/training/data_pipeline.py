@@ -96,3 +96,10 @@ def build_datasets(run: Path, sids: np.ndarray, max_history: int, splits=("train
             ds = ds.limit(max_rows[split])
         out[split] = ds.map_batches(mapper, batch_format="pyarrow", batch_size=1024)
     return out
+
+
+def train_batches(shard, micro_batch: int):
+    """One epoch of training batches from a worker's shard (or a whole dataset): full micro-batches, locally
+    shuffled over four batches' worth of rows. The training worker and the speed benchmark's ingest row both use it."""
+    return shard.iter_torch_batches(batch_size=micro_batch, drop_last=True, local_shuffle_buffer_size=micro_batch * 4)
+

@@ -92,6 +92,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     from s2gr_ray.config import config_from_dict
     from s2gr_ray.evaluation.trie import PrefixTrie
     from s2gr_ray.training.engine import make_engine, micro_batch_size
+    from s2gr_ray.training.data_pipeline import train_batches
 
     cfg = config_from_dict(config["cfg"])
     tok = config["tokenizer"]
@@ -148,8 +149,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         # wait for the GPU every step, so it could not queue the next step's kernels while the GPU runs this one
         t0, seen, term_keys, term_acc, n_terms = time.time(), 0, None, None, 0
         t_warm, seen_warm = t0, 0  # throughput after the first WARM_STEPS (pipeline start-up excluded)
-        for i, batch in enumerate(train_shard.iter_torch_batches(batch_size=micro, drop_last=True,
-                                                                 local_shuffle_buffer_size=micro * 4)):
+        for i, batch in enumerate(train_batches(train_shard, micro)):
             if cfg.train.max_steps_per_epoch and i >= cfg.train.max_steps_per_epoch * cfg.train.grad_accum_steps:
                 break
             if record_dir:
