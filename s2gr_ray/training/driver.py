@@ -74,7 +74,7 @@ def _tokenizer_scalars(report: dict) -> dict[str, float]:
 def train_stage(cfg: Config, run: Path, log: Callable[[str], None] = print, callbacks: list | None = None) -> dict:
     """Train on RUN; `callbacks` are Ray Train UserCallbacks (a sweep passes TuneReportCallback)."""
     import ray.train
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from s2gr_ray.training.data_pipeline import build_datasets
@@ -102,6 +102,10 @@ def train_stage(cfg: Config, run: Path, log: Callable[[str], None] = print, call
         "signature": model_signature(cfg, tok, tok_manifest["hash"]), "tensorboard_dir": tb_dir,
         "tokenizer_report": _tokenizer_scalars(report),
     }
+    # blocks reach the workers in file order, so with train.seed fixing the local shuffle a rerun sees the same
+    # batches (reproducible runs; the data is still shuffled once per epoch in each worker's buffer)
+    ingest = DataConfig.default_ingest_options()
+    ingest.preserve_order = True
     resources = {"CPU": cfg.train.cpus_per_worker}
     if cfg.train.use_gpu:
         resources["GPU"] = cfg.train.gpus_per_worker
@@ -121,6 +125,7 @@ def train_stage(cfg: Config, run: Path, log: Callable[[str], None] = print, call
             callbacks=list(callbacks or []),
         ),
         datasets=datasets,
+        dataset_config=DataConfig(execution_options=ingest),
     )
     log(f"train: {cfg.train.num_workers} worker(s), engine {cfg.train.engine} (ZeRO-{cfg.train.zero_stage}), "
         f"{data_manifest['splits']['train']:,} training examples, storage {storage}/{cfg.train.run_name}")

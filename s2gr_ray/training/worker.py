@@ -92,7 +92,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     from s2gr_ray.config import config_from_dict
     from s2gr_ray.evaluation.trie import PrefixTrie
     from s2gr_ray.training.engine import make_engine, micro_batch_size
-    from s2gr_ray.training.data_pipeline import train_batches
+    from s2gr_ray.training.data_pipeline import EpochStream, shuffle_seed, train_batches
 
     cfg = config_from_dict(config["cfg"])
     tok = config["tokenizer"]
@@ -108,21 +108,36 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     steps_per_epoch = max(1, config["train_rows"] // cfg.train.batch_size)
     if cfg.train.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, cfg.train.max_steps_per_epoch)
+    train_shard = ray.train.get_dataset_shard("train")
+    valid_shard = ray.train.get_dataset_shard("valid")
+
+    def epoch_stream(epoch: int) -> EpochStream:  # starts the epoch's Ray Data stream now, in the background
+        return EpochStream(lambda: train_batches(train_shard, micro, shuffle_seed(cfg.train.seed, epoch, rank)))
+
+    state = {"epoch": 0, "best": -1.0, "best_epoch": -1, "bad_epochs": 0, "stopped_early": False, "history": []}
+    ckpt = ray.train.get_checkpoint()
+    if ckpt:  # every checkpoint (epoch or final) holds the engine shards, the loop state and the best weights
+        with ckpt.as_directory() as d:
+            state = json.loads((Path(d) / STATE_FILE).read_text())
+    # epoch 1's stream starts while the model, the engine and the trie are built (overlaps Ray Data's start-up)
+    stream = epoch_stream(state["epoch"]) if not state["stopped_early"] and state["epoch"] < cfg.train.max_epochs \
+        else None
+    t_setup = time.time()
     model = build_model(cfg, tok)
     engine = make_engine(model, cfg.train, world, steps_per_epoch * cfg.train.max_epochs, device)
     eval_model = build_model(cfg, tok).to(device)
     trie = PrefixTrie.from_sids(tok["sids"])
 
-    state = {"epoch": 0, "best": -1.0, "best_epoch": -1, "bad_epochs": 0, "stopped_early": False, "history": []}
     best_state: dict[str, torch.Tensor] | None = None
-    ckpt = ray.train.get_checkpoint()
-    if ckpt:  # every checkpoint (epoch or final) holds the engine shards, the loop state and the best weights
+    if ckpt:
         with ckpt.as_directory() as d:
-            state = json.loads((Path(d) / STATE_FILE).read_text())
             best_state = torch.load(Path(d) / BEST_FILE, map_location="cpu", weights_only=True)
             engine.load(Path(d))
         if rank == 0:
             print(f"[train] resumed from checkpoint: epoch {state['epoch']}, step {engine.global_step}", flush=True)
+    if rank == 0:
+        print(f"[train] worker ready in {time.time() - t_setup:.1f}s (model, {cfg.train.engine} engine, trie); "
+              f"{steps_per_epoch} steps per epoch", flush=True)
 
     writer = None
     if rank == 0 and config.get("tensorboard_dir"):
@@ -138,8 +153,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     record_dir = os.environ.get("S2GR_TEST_RECORD_ROWS")  # tests: which rows each worker saw
     keys = metric_keys(cfg)
     monitor = cfg.train.monitor
-    train_shard = ray.train.get_dataset_shard("train")
-    valid_shard = ray.train.get_dataset_shard("valid")
     t_start = time.time()
     compiled_once = False
 
@@ -149,7 +162,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         # wait for the GPU every step, so it could not queue the next step's kernels while the GPU runs this one
         t0, seen, term_keys, term_acc, n_terms = time.time(), 0, None, None, 0
         t_warm, seen_warm = t0, 0  # throughput after the first WARM_STEPS (pipeline start-up excluded)
-        for i, batch in enumerate(train_batches(train_shard, micro)):
+        for i, batch in enumerate(stream or ()):
             if cfg.train.max_steps_per_epoch and i >= cfg.train.max_steps_per_epoch * cfg.train.grad_accum_steps:
                 break
             if record_dir:
@@ -195,6 +208,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if seen_warm and seen > seen_warm:
             train_metrics["train/samples_per_s_steady"] = (seen - seen_warm) / max(t0 + epoch_time - t_warm, 1e-9)
         train_metrics["train/epoch_seconds"] = epoch_time
+        # the next epoch's stream starts now and gets going while this epoch validates (unused after an early stop)
+        stream = epoch_stream(epoch + 1) if epoch + 1 < cfg.train.max_epochs else None
 
         snapshot = engine.state_dict_for_export()
         eval_model.load_state_dict(snapshot)
