@@ -116,15 +116,14 @@ def bench_train(args, device) -> None:
                    "ratio", f"matmul + attention FLOPs, TIGER {flops['TIGER'] / 1e6:.0f} M/sample: the time ratio "
                    "if both ran at the same FLOP/s")
             for precision in args.precisions:
-                rates = {}
-                for arm, n_think in (("TIGER", 0), ("S2GR", 1)):
-                    model = make_model(size, n_think, sizes, device, history_tokens=tokens)
-                    batches = [batch_for(sids, args.batch, 20, s, device) for s in range(3)]
-                    steps = args.steps if label == "tiger-size" else args.steps * 2
-                    rate, _ = _train_rate(model, batches, steps, precision, device)
-                    rates[arm] = rate
+                models = {arm: make_model(size, n_think, sizes, device, history_tokens=tokens)
+                          for arm, n_think in (("TIGER", 0), ("S2GR", 1))}
+                batches = [batch_for(sids, args.batch, 20, s, device) for s in range(3)]
+                steps = args.steps if label == "tiger-size" else args.steps * 2
+                rates = _interleaved_train_rates(models, batches, steps, precision, device)
+                for arm, rate in rates.items():
                     record("train", f"{label} {arm} tokens={tokens} {precision}", rate, "samples/s",
-                           f"batch {args.batch}")
+                           f"batch {args.batch}, {steps} steps in {ROUNDS} rounds alternating with the other arm")
                     record("train", f"{label} {arm} tokens={tokens} {precision} achieved", flops[arm] * rate / 1e9,
                            "GFLOP/s", "counted FLOPs x samples/s")
                     if device.type == "cuda" and args.peak_tflops:
@@ -136,6 +135,39 @@ def bench_train(args, device) -> None:
                     _bench_compiled(args, device, label, size, tokens, precision, sids, sizes, rates)
 
 
+ROUNDS = 3  # arms of a ratio are timed in alternating rounds (A B, B A, A B): this host's speed drifts over minutes
+
+
+def _train_step(model, opt, batch, precision: str, device) -> None:
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "amp"):
+        out = model(*batch)
+    opt.zero_grad(set_to_none=True)
+    out.loss.backward()
+    opt.step()
+
+
+def _interleaved_train_rates(models: dict, batches, steps: int, precision: str, device) -> dict[str, float]:
+    """samples/s of each model's training step: 2 warm-up steps each, then `steps` timed steps per model, run in
+    ROUNDS alternating rounds so a drift of the machine's speed falls on both arms alike."""
+    opts = {arm: torch.optim.AdamW(m.parameters(), lr=1e-3) for arm, m in models.items()}
+    for arm, m in models.items():
+        for i in range(2):
+            _train_step(m, opts[arm], batches[i % 3], precision, device)
+    spent, done = dict.fromkeys(models, 0.0), dict.fromkeys(models, 0)
+    order = list(models)
+    for r in range(ROUNDS):
+        n = steps // ROUNDS + (1 if r < steps % ROUNDS else 0)
+        for arm in (order if r % 2 == 0 else order[::-1]):
+            _sync(device)
+            t0 = time.perf_counter()
+            for i in range(n):
+                _train_step(models[arm], opts[arm], batches[(done[arm] + i) % 3], precision, device)
+            _sync(device)
+            spent[arm] += time.perf_counter() - t0
+            done[arm] += n
+    return {arm: done[arm] * batches[0][0].size(0) / spent[arm] for arm in models}
+
+
 def _train_rate(model, batches, steps: int, precision: str, device) -> tuple[float, float]:
     """(samples/s over `steps` optimizer steps after 2 warm-up steps, seconds of those warm-up steps)."""
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -144,11 +176,7 @@ def _train_rate(model, batches, steps: int, precision: str, device) -> tuple[flo
         if i == 2:
             _sync(device)
             t0 = time.perf_counter()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "amp"):
-            out = model(*batches[i % 3])
-        opt.zero_grad(set_to_none=True)
-        out.loss.backward()
-        opt.step()
+        _train_step(model, opt, batches[i % 3], precision, device)
     _sync(device)
     return steps * batches[0][0].size(0) / (time.perf_counter() - t0), t0 - t_start
 
@@ -184,14 +212,19 @@ def bench_decode(args, device) -> None:
 
 
 def _decode_pair(label: str, kw: dict, history: int, users: int, sids, sizes, trie, args, device) -> None:
-    rates, flops = {}, {}
+    """Both arms' decode rates, timed A B B A (each arm decodes the users twice) against this host's drift."""
+    models, flops = {}, {}
     for arm, n_think in (("TIGER", 0), ("S2GR", 1)):
-        model = make_model(TIGER, n_think, sizes, device, max_history=history, **kw).eval()
+        models[arm] = make_model(TIGER, n_think, sizes, device, max_history=history, **kw).eval()
         h, m, _ = batch_for(sids, 8, history, 3, device)
-        flops[arm] = count_flops(lambda: constrained_beam_search(model, h, m, trie, args.beam)) / 8
-        rates[arm] = _decode_rate(model, sids, trie, args, device, users=users, history=history)
+        flops[arm] = count_flops(lambda: constrained_beam_search(models[arm], h, m, trie, args.beam)) / 8
+    seconds = dict.fromkeys(models, 0.0)
+    for arm in ("TIGER", "S2GR", "S2GR", "TIGER"):
+        seconds[arm] += users / _decode_rate(models[arm], sids, trie, args, device, users=users, history=history)
+    rates = {arm: 2 * users / seconds[arm] for arm in models}
+    for arm in models:
         record("decode", f"tiger-size {arm} {label} beam {args.beam}", rates[arm], "users/s",
-               f"12,101 items, {flops[arm] / 1e6:.0f} MFLOP/user")
+               f"12,101 items, {flops[arm] / 1e6:.0f} MFLOP/user; {users} users twice, A B B A")
     record("decode", f"{label} S2GR/TIGER FLOPs per user", flops["S2GR"] / flops["TIGER"], "ratio",
            "matmul + attention FLOPs: the time ratio if both ran at the same FLOP/s")
     record("decode", f"{label} S2GR/TIGER decode time", rates["TIGER"] / rates["S2GR"], "ratio",
