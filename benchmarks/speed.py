@@ -299,8 +299,8 @@ def bench_ray(args, device) -> None:
     from s2gr_ray.training.data_pipeline import build_datasets, train_batches
 
     tok = SIDTokenizer.load(work / "tokenizer")
-    # the bare loop runs before and after the Ray runs: this host's speed drifts by up to ~15% over minutes, and
-    # the ratio is taken against the mean of the two (their spread is in the note)
+    # this host's speed drifts by up to ~20% over minutes: each Ray run is bracketed by bare runs (bare, Ray A, bare,
+    # Ray B, bare, ...) and compared with the mean of the two bare runs right before and after it
     bare_runs = [_bare_loop(cfg, tok, work, steps)]
     ray_rates, steady = {}, {}
     # ZeRO-2 is the config default; with one worker it has nothing to partition. DDP: the torch engine, no DeepSpeed
@@ -313,6 +313,18 @@ def bench_ray(args, device) -> None:
         record("ray", f"Ray Data + Ray Train, 1 worker, {engine}, CPU preset size, {steps} steps",
                ray_rates[engine], "samples/s", f"whole epoch; after the first {WARM_STEPS} steps: "
                f"{steady[engine]:.0f}; run wall {time.perf_counter() - t0:.0f}s")
+        bare_runs.append(_bare_loop(cfg, tok, work, steps))
+    record("ray", f"bare in-process torch loop, same model and rows, {steps} steps",
+           float(np.mean([r[0] for r in bare_runs])), "samples/s",
+           f"mean of {len(bare_runs)} runs around the Ray runs: " + " / ".join(f"{r[0]:.0f}" for r in bare_runs))
+    for i, (engine, rate) in enumerate(ray_rates.items()):
+        around = bare_runs[i:i + 2]
+        whole, warm = (float(np.mean([r[k] for r in around])) for k in (0, 1))
+        record("ray", f"Ray ({engine}) / bare samples/s, whole epoch", rate / whole, "ratio",
+               f"target >= 0.95; against the bare runs right before and after ({around[0][0]:.0f} / "
+               f"{around[1][0]:.0f}); Ray's epoch includes Ray Data start-up")
+        record("ray", f"Ray ({engine}) / bare samples/s, after the first {WARM_STEPS} steps",
+               steady[engine] / warm, "ratio", "target >= 0.95")
     # the Ray path's ceiling: the same Ray Data pipeline and batch iteration as the worker's, with no model
     ds = build_datasets(work, tok.sids, cfg.data.max_history, splits=("train",))["train"]
     t0, n = time.perf_counter(), 0
@@ -322,16 +334,6 @@ def bench_ray(args, device) -> None:
             break
     record("ray", f"Ray Data ingest alone, same pipeline and iteration, no model, {steps} batches",
            n / (time.perf_counter() - t0), "samples/s", "the Ray path's ceiling (in the driver, start-up included)")
-    bare_runs.append(_bare_loop(cfg, tok, work, steps))
-    bare, bare_steady = (float(np.mean([r[k] for r in bare_runs])) for k in (0, 1))
-    record("ray", f"bare in-process torch loop, same model and rows, {steps} steps", bare, "samples/s",
-           f"mean of a run before and after the Ray runs: {bare_runs[0][0]:.0f} / {bare_runs[1][0]:.0f}; "
-           f"after the first {WARM_STEPS} steps: {bare_steady:.0f}")
-    for engine, rate in ray_rates.items():
-        record("ray", f"Ray ({engine}) / bare samples/s, whole epoch", rate / bare, "ratio",
-               "target >= 0.95; Ray's epoch includes Ray Data start-up")
-        record("ray", f"Ray ({engine}) / bare samples/s, after the first {WARM_STEPS} steps",
-               steady[engine] / bare_steady, "ratio", "target >= 0.95")
 
 
 def _bare_loop(cfg, tok, work: Path, steps: int) -> tuple[float, float]:

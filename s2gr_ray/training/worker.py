@@ -137,7 +137,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             print(f"[train] resumed from checkpoint: epoch {state['epoch']}, step {engine.global_step}", flush=True)
     if rank == 0:
         print(f"[train] worker ready in {time.time() - t_setup:.1f}s (model, {cfg.train.engine} engine, trie); "
-              f"{steps_per_epoch} steps per epoch", flush=True)
+              f"{steps_per_epoch} steps per epoch, torch threads {torch.get_num_threads()}", flush=True)
 
     writer = None
     if rank == 0 and config.get("tensorboard_dir"):
