@@ -95,6 +95,15 @@ def test_same_seed_same_batches_and_losses(base_run, tmp_path, monkeypatch):
     assert first != second and len(set(first) & set(second)) >= 0.8 * half
 
 
+def test_early_stop_ends_the_run_and_still_tests(base_run, tmp_path):
+    """patience=1 with a learning rate too small to move a weight: epoch 2 does not improve, so the run stops there
+    (epoch 3's stream, started while epoch 2 validated, is left unread) and the best epoch is tested."""
+    run = fresh_run(base_run, tmp_path)
+    out = train(run, "train.max_epochs=5", "train.patience=1", "train.lr=1e-30", "train.run_name=early")
+    assert out["train"]["epochs"] == 2 and len(out["history"]) == 2
+    assert out["train"]["best_epoch"] == 1 and out["test"]["count"] == 120
+
+
 def test_resume_continues_the_step_count(base_run, tmp_path, capfd):
     run = fresh_run(base_run, tmp_path)
     amp = "train.precision=amp"  # bf16 autocast over fp32 DeepSpeed weights, on CPU
