@@ -195,7 +195,8 @@ def _bench_compiled(args, device, label: str, size: dict, tokens: str, precision
         record("train", f"{label} {arm} tokens={tokens} {precision} compiled", compiled[arm], "samples/s",
                f"{compiled[arm] / eager[arm]:.2f}x eager; compile + 2 warm-up steps {warm:.0f}s")
     record("train", f"{label} tokens={tokens} {precision} compiled S2GR/TIGER time per epoch",
-           compiled["TIGER"] / compiled["S2GR"], "ratio", "both compiled")
+           compiled["TIGER"] / compiled["S2GR"], "ratio",
+           "both compiled; timed one after the other, not in alternating rounds")
 
 
 def bench_decode(args, device) -> None:
