@@ -146,13 +146,19 @@ def _train_step(model, opt, batch, precision: str, device) -> None:
     opt.step()
 
 
-def _interleaved_train_rates(models: dict, batches, steps: int, precision: str, device) -> dict[str, float]:
+def _interleaved_train_rates(models: dict, batches, steps: int, precision: str, device,
+                             warm: dict | None = None) -> dict[str, float]:
     """samples/s of each model's training step: 2 warm-up steps each, then `steps` timed steps per model, run in
-    ROUNDS alternating rounds so a drift of the machine's speed falls on both arms alike."""
+    ROUNDS alternating rounds so a drift of the machine's speed falls on both arms alike. `warm`, when given,
+    receives each arm's warm-up seconds (for compiled models: the compile)."""
     opts = {arm: torch.optim.AdamW(m.parameters(), lr=1e-3) for arm, m in models.items()}
     for arm, m in models.items():
+        t0 = time.perf_counter()
         for i in range(2):
             _train_step(m, opts[arm], batches[i % 3], precision, device)
+        _sync(device)
+        if warm is not None:
+            warm[arm] = time.perf_counter() - t0
     spent, done = dict.fromkeys(models, 0.0), dict.fromkeys(models, 0)
     order = list(models)
     for r in range(ROUNDS):
@@ -168,35 +174,27 @@ def _interleaved_train_rates(models: dict, batches, steps: int, precision: str, 
     return {arm: done[arm] * batches[0][0].size(0) / spent[arm] for arm in models}
 
 
-def _train_rate(model, batches, steps: int, precision: str, device) -> tuple[float, float]:
-    """(samples/s over `steps` optimizer steps after 2 warm-up steps, seconds of those warm-up steps)."""
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    t_start, t0 = time.perf_counter(), None
-    for i in range(steps + 2):
-        if i == 2:
-            _sync(device)
-            t0 = time.perf_counter()
-        _train_step(model, opt, batches[i % 3], precision, device)
-    _sync(device)
-    return steps * batches[0][0].size(0) / (time.perf_counter() - t0), t0 - t_start
-
-
 def _bench_compiled(args, device, label: str, size: dict, tokens: str, precision: str, sids, sizes,
                     eager: dict) -> None:
-    """train.compile: the same training step under torch.compile (nn.Module.compile), against the eager rates."""
-    compiled = {}
-    for arm, n_think in (("TIGER", 0), ("S2GR", 1)):
-        torch._dynamo.reset()
-        model = make_model(size, n_think, sizes, device, history_tokens=tokens)
-        model.compile()
-        batches = [batch_for(sids, args.batch, 20, s, device) for s in range(3)]
-        steps = args.steps if label == "tiger-size" else args.steps * 2
-        compiled[arm], warm = _train_rate(model, batches, steps, precision, device)
-        record("train", f"{label} {arm} tokens={tokens} {precision} compiled", compiled[arm], "samples/s",
-               f"{compiled[arm] / eager[arm]:.2f}x eager; compile + 2 warm-up steps {warm:.0f}s")
+    """train.compile: the same training step under torch.compile (nn.Module.compile), against the eager rates. Both
+    arms are compiled first (one dynamo cache holds both graphs), then timed in alternating rounds like the eager
+    rows; the eager rates they are compared with come from the rounds just before."""
+    torch._dynamo.reset()
+    models = {arm: make_model(size, n_think, sizes, device, history_tokens=tokens)
+              for arm, n_think in (("TIGER", 0), ("S2GR", 1))}
+    for m in models.values():
+        m.compile()
+    batches = [batch_for(sids, args.batch, 20, s, device) for s in range(3)]
+    steps = args.steps if label == "tiger-size" else args.steps * 2
+    warm: dict[str, float] = {}
+    compiled = _interleaved_train_rates(models, batches, steps, precision, device, warm)
+    for arm, rate in compiled.items():
+        record("train", f"{label} {arm} tokens={tokens} {precision} compiled", rate, "samples/s",
+               f"{rate / eager[arm]:.2f}x eager; compile + 2 warm-up steps {warm[arm]:.0f}s; {steps} steps in "
+               f"{ROUNDS} rounds alternating with the other arm")
     record("train", f"{label} tokens={tokens} {precision} compiled S2GR/TIGER time per epoch",
-           compiled["TIGER"] / compiled["S2GR"], "ratio",
-           "both compiled; timed one after the other, not in alternating rounds")
+           compiled["TIGER"] / compiled["S2GR"], "ratio", "both compiled, timed in alternating rounds")
+    torch._dynamo.reset()
 
 
 def bench_decode(args, device) -> None:
@@ -302,7 +300,7 @@ def bench_ray(args, device) -> None:
     tok = SIDTokenizer.load(work / "tokenizer")
     # this host's speed drifts by up to ~20% over minutes: each Ray run is bracketed by bare runs (bare, Ray A, bare,
     # Ray B, bare, ...) and compared with the mean of the two bare runs right before and after it
-    bare_runs = [_bare_loop(cfg, tok, work, steps)]
+    bare_runs = [_bare_loop(cfg, work, steps)]
     ray_rates, steady = {}, {}
     # ZeRO-2 is the config default; with one worker it has nothing to partition. DDP: the torch engine, no DeepSpeed
     engines = {name: extra for key, (name, extra) in RAY_ENGINES.items() if key in args.engines}
@@ -314,7 +312,7 @@ def bench_ray(args, device) -> None:
         record("ray", f"Ray Data + Ray Train, 1 worker, {engine}, CPU preset size, {steps} steps",
                ray_rates[engine], "samples/s", f"whole epoch; after the first {WARM_STEPS} steps: "
                f"{steady[engine]:.0f}; run wall {time.perf_counter() - t0:.0f}s")
-        bare_runs.append(_bare_loop(cfg, tok, work, steps))
+        bare_runs.append(_bare_loop(cfg, work, steps))
     record("ray", f"bare in-process torch loop, same model and rows, {steps} steps",
            float(np.mean([r[0] for r in bare_runs])), "samples/s",
            f"mean of {len(bare_runs)} runs around the Ray runs: " + " / ".join(f"{r[0]:.0f}" for r in bare_runs))
@@ -337,19 +335,20 @@ def bench_ray(args, device) -> None:
            n / (time.perf_counter() - t0), "samples/s", "the Ray path's ceiling (in the driver, start-up included)")
 
 
-def _bare_loop(cfg, tok, work: Path, steps: int) -> tuple[float, float]:
+def _bare_loop(cfg, work: Path, steps: int) -> tuple[float, float]:
     """(samples/s, samples/s after WARM_STEPS) of a bare loop over the same parquet rows and the same model."""
     import pyarrow.parquet as pq
 
+    from s2gr_ray import artifacts
     from s2gr_ray.training.data_pipeline import SidMapper
+    from s2gr_ray.training.driver import load_tokenizer_payload
     from s2gr_ray.training.worker import WARM_STEPS, build_model
 
     torch.manual_seed(0)
-    payload = {"level_sizes": tok.level_sizes, "num_semantic_levels": tok.num_semantic_levels,
-               "coarse_centres": tok.coarse_centres, "code_to_cluster": tok.code_to_cluster}
+    payload, _ = load_tokenizer_payload(work, artifacts.read_manifest(work, "data"))  # what the driver ships
     model = build_model(cfg, payload)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    mapper = SidMapper(tok.sids, cfg.data.max_history)
+    mapper = SidMapper(payload["sids"], cfg.data.max_history)
     files = sorted((work / "sequences" / "train").glob("*.parquet"))
     t0, seen, step = time.perf_counter(), 0, 0
     t_warm, seen_warm = t0, 0

@@ -162,7 +162,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         # wait for the GPU every step, so it could not queue the next step's kernels while the GPU runs this one
         t0, seen, term_keys, term_acc, n_terms = time.time(), 0, None, None, 0
         t_warm, seen_warm = t0, 0  # throughput after the first WARM_STEPS (pipeline start-up excluded)
-        for i, batch in enumerate(stream or ()):
+        assert stream is not None  # the loop condition holds exactly when a stream was started for this epoch
+        for i, batch in enumerate(stream):
             if cfg.train.max_steps_per_epoch and i >= cfg.train.max_steps_per_epoch * cfg.train.grad_accum_steps:
                 break
             if record_dir:
