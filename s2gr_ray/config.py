@@ -166,9 +166,10 @@ class TrainConfig:
     # optimizer, bf16 autocast compute: both engines, CPU or GPU; ~1.3-1.5x faster at TIGER size on AVX-512 CPUs)
     precision: str = "auto"
     # torch.compile the training forward + backward (nn.Module.compile: checkpoints keep their keys), one graph
-    # that fuses the thinking steps' many small ops; a one-time compile of ~1 min per worker. Evaluation and beam
-    # search stay eager. Off by default: on the 2-core CPU it does not pay (benchmarks/results/speed.md); meant for
-    # GPUs, where those small ops are kernel-launch bound.
+    # that fuses the thinking steps' many small ops; a one-time compile of 1-2 min per worker. Evaluation and beam
+    # search stay eager. On the 2-core CPU the compiled step is 1.07x eager for TIGER and 1.13-1.23x for S²GR
+    # (benchmarks/results/speed_compile.md); more on GPUs, where those small ops are kernel-launch bound. Off by
+    # default: short runs would spend most of their time compiling.
     compile: bool = False
     num_workers: int = 1
     use_gpu: bool = False
