@@ -131,7 +131,7 @@ def bench_train(args, device) -> None:
                                flops[arm] * rate / (args.peak_tflops * 1e12), "", f"peak {args.peak_tflops} TFLOP/s")
                 record("train", f"{label} tokens={tokens} {precision} S2GR/TIGER time per epoch",
                        rates["TIGER"] / rates["S2GR"], "ratio", "paper: 59 h / 45 h = 1.31")
-                if args.compile and tokens == compile_tokens and (precision == "fp32" or device.type == "cuda"):
+                if args.compile and tokens == compile_tokens:
                     _bench_compiled(args, device, label, size, tokens, precision, sids, sizes, rates)
 
 
