@@ -197,6 +197,8 @@ def main() -> int:
     p.add_argument("--force", action="store_true", help="re-run arms that already have metrics")
     p.add_argument("--tag", default="", help="suffix of the result files, e.g. _long for quality_cpu_long.md "
                    "(use a separate --work folder when the overrides change the training)")
+    p.add_argument("--drop-earlier", action="store_true", help="write only this work folder's runs; by default the "
+                   "rows of an existing results CSV for arms and seeds the work folder lacks are kept")
     p.add_argument("overrides", nargs="*", help="key=value applied to every arm (e.g. train.max_epochs=10)")
     args = p.parse_args()
     base = args.work / f"base_{args.scale}"
@@ -218,6 +220,8 @@ def main() -> int:
         for arm in args.arms:
             run_arm(arm, seed, args, base, args.work)
             rows = finished_rows(args.work)
+            if not args.drop_earlier:
+                rows = with_earlier_rows(rows, args.results / f"quality_{args.scale}{args.tag}.csv")
             write(rows, args)
     print("\n".join(summarize(rows)))
     return 0
@@ -249,10 +253,34 @@ def finished_rows(work: Path) -> list[dict]:
     return rows
 
 
+def with_earlier_rows(rows: list[dict], csv_path: Path) -> list[dict]:
+    """`rows` plus the rows of an earlier results CSV for (arm, seed) pairs `rows` lacks, in ARMS and seed order: a
+    fresh checkout (empty work folder) that adds seeds extends the committed table instead of replacing it."""
+    if not csv_path.exists():
+        return rows
+    have = {(r["arm"], r["seed"]) for r in rows}
+    kept = []
+    with open(csv_path, newline="") as fh:
+        for line, rec in enumerate(csv.DictReader(fh), start=2):
+            try:
+                row = {k: (v if k == "arm" else int(v) if k == "seed" else float(v) if v != "" else None)
+                       for k, v in rec.items()}
+            except (TypeError, ValueError) as exc:
+                raise SystemExit(f"{csv_path}, line {line}: cannot read the row ({exc}); fix or delete it, "
+                                 "or pass --drop-earlier") from None
+            if row["arm"] in ARMS and (row["arm"], row["seed"]) not in have:
+                kept.append(row)
+    if kept:
+        log(f"keeping {len(kept)} earlier rows of {csv_path.name} ({', '.join(sorted({r['arm'] for r in kept}))})")
+    order = list(ARMS)
+    return sorted(rows + kept, key=lambda r: (order.index(r["arm"]), r["seed"]))
+
+
 def write(rows: list[dict], args) -> None:
     csv_path = args.results / f"quality_{args.scale}{args.tag}.csv"
     with open(csv_path, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        fields = list(dict.fromkeys(k for r in rows for k in r))  # earlier rows may predate a column
+        w = csv.DictWriter(fh, fieldnames=fields, restval="")
         w.writeheader()
         w.writerows(rows)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
