@@ -47,3 +47,23 @@ def test_prepared_base_needs_no_raw_data_and_the_message_says_what_to_set(tmp_pa
     (base / "manifest.json").write_text("{}")
     assert q.missing_data(base, data) == ""
 
+
+
+def test_new_runs_extend_an_earlier_results_csv_instead_of_replacing_it(tmp_path):
+    q = _quality()
+    csv_path = tmp_path / "quality_cpu.csv"
+    metrics = {"recall@5": 0.02, "ndcg@5": 0.01, "recall@10": 0.03, "ndcg@10": 0.015,
+               "sec_per_epoch": 80.0, "decode_sec_per_1k_users": 2.0}
+    q.write([{"arm": "s2gr", "seed": 0, **metrics, "epochs": 5.0},
+             {"arm": "tiger", "seed": 0, **metrics, "epochs": None}],
+            type("Args", (), {"results": tmp_path, "scale": "cpu", "tag": ""})())
+    fresh = [{"arm": "s2gr", "seed": 0, **metrics, "recall@5": 0.5, "epochs": 4.0},
+             {"arm": "tiger", "seed": 1, **metrics}]
+    rows = q.with_earlier_rows(fresh, csv_path)
+    # this run's s2gr seed 0 wins over the earlier one; tiger seed 0 comes back from the csv, in ARMS then seed order
+    assert [(r["arm"], r["seed"]) for r in rows] == [("tiger", 0), ("tiger", 1), ("s2gr", 0)]
+    assert rows[2]["recall@5"] == 0.5 and rows[0]["recall@10"] == 0.03 and rows[0]["epochs"] is None
+    assert q.with_earlier_rows(fresh, tmp_path / "absent.csv") == fresh
+    csv_path.write_text(csv_path.read_text() + "tiger,two,0.1\n")
+    with pytest.raises(SystemExit, match=r"quality_cpu\.csv, line 4.*--drop-earlier"):
+        q.with_earlier_rows(fresh, csv_path)
