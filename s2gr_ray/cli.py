@@ -7,12 +7,12 @@ the same code path: jobs/ call these functions; Ray connects to RAY_ADDRESS / ra
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 from typing import Callable
 
+from s2gr_ray import artifacts
 from s2gr_ray.config import Config, ConfigError, dump_yaml, load_config, valid_keys
 
 
@@ -21,50 +21,110 @@ def log(msg: str) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- stages
-def cmd_prepare(cfg: Config, out: Path) -> dict:
+def _prepare(cfg: Config, out: Path) -> dict:
     from s2gr_ray.data.prepare import prepare_stage
 
     return prepare_stage(cfg, out, log)
 
 
-def cmd_embed(cfg: Config, out: Path) -> dict:
+def _embed(cfg: Config, out: Path) -> dict:
     from s2gr_ray.data.embed import embed_stage
 
-    _ensure(out / "manifest.json", cmd_prepare, cfg, out)
     return embed_stage(cfg, out, log)
 
 
-def cmd_tokenize(cfg: Config, out: Path) -> dict:
+def _tokenize(cfg: Config, out: Path) -> dict:
     from s2gr_ray.tokenizer.stage import tokenize_stage
 
-    _ensure(out / "embeddings" / "manifest.json", cmd_embed, cfg, out)
     return tokenize_stage(cfg, out, log=log)
 
 
-def cmd_train(cfg: Config, out: Path) -> dict:
+def _train(cfg: Config, out: Path) -> dict:
     from s2gr_ray.training.driver import train_stage
 
-    _ensure(out / "tokenizer" / "manifest.json", cmd_tokenize, cfg, out)
     return train_stage(cfg, out, log=log)
 
 
+def cmd_prepare(cfg: Config, out: Path) -> dict:
+    return _prepare(cfg, out)
+
+
+def cmd_embed(cfg: Config, out: Path) -> dict:
+    _ensure("prepare", cmd_prepare, cfg, out)
+    return _embed(cfg, out)
+
+
+def cmd_tokenize(cfg: Config, out: Path) -> dict:
+    _ensure("embed", cmd_embed, cfg, out)
+    return _tokenize(cfg, out)
+
+
+def cmd_train(cfg: Config, out: Path) -> dict:
+    _ensure("tokenize", cmd_tokenize, cfg, out)
+    return _train(cfg, out)
+
+
 def cmd_run(cfg: Config, out: Path) -> dict:
-    """prepare → embed → tokenize → train (+ evaluate): everything into one run directory."""
+    """prepare → embed → tokenize → train (+ evaluate): everything into one run directory. Each stage reuses
+    its artifact when it matches the config and the upstream artifacts (embed, tokenize), else rebuilds it."""
     t0 = time.time()
-    cmd_prepare(cfg, out)
-    cmd_embed(cfg, out)
-    report = cmd_tokenize(cfg, out)
-    metrics = cmd_train(cfg, out)
+    _prepare(cfg, out)
+    _embed(cfg, out)
+    report = _tokenize(cfg, out)
+    metrics = _train(cfg, out)
     log(f"run: finished in {time.time() - t0:.0f}s; metrics in {out / 'metrics.json'}")
     _print_metrics(metrics, report)
     return metrics
 
 
-def _ensure(marker: Path, build: Callable[[Config, Path], dict], cfg: Config, out: Path) -> None:
-    """Build a missing upstream artifact so single stages can run on a fresh run directory."""
-    if not marker.exists():
-        log(f"{marker.parent} missing: building it first")
-        build(cfg, out)
+# stage -> (its artifact folder in the run directory, manifest kind, the config sections the stage hashes into the
+# manifest's config_hash — exactly as the stage computes it —, the upstream stages it is built from)
+_ARTIFACTS: dict[str, tuple[Callable[[Path], Path], str, tuple[str, ...], tuple[str, ...]]] = {
+    "prepare": (artifacts.data_dir, "data", ("data",), ()),  # data/prepare.py prepare_stage
+    "embed": (artifacts.embeddings_dir, "embeddings", ("embed",), ("prepare",)),  # data/embed.py embed_stage
+    "tokenize": (artifacts.tokenizer_dir, "tokenizer", ("tokenizer",), ("embed", "prepare")),  # tokenizer/stage.py
+}
+
+
+def artifact_mismatch(stage: str, cfg: Config, out: Path) -> str | None:
+    """None when ``stage``'s artifact in ``out`` was built from this config and from the current upstream
+    artifacts (themselves current); otherwise why not ("missing", "built from another config ...", ...)."""
+    folder_of, kind, sections, upstream = _ARTIFACTS[stage]
+    folder = folder_of(Path(out))
+    if not (folder / artifacts.MANIFEST).exists():
+        return "missing"
+    try:
+        manifest = artifacts.read_manifest(folder, kind)
+    except artifacts.ArtifactError as exc:
+        return f"unusable ({exc})"
+    want = cfg.section_hash(*sections)
+    if manifest.get("config_hash") != want:
+        return (f"built from another config (hash of its config section {'+'.join(sections)}: "
+                f"{manifest.get('config_hash')}; this config's: {want})")
+    for up in upstream:
+        reason = artifact_mismatch(up, cfg, out)
+        if reason is not None:
+            return f"built on the {up} output, which is {reason}"
+        up_folder, up_kind = _ARTIFACTS[up][0](Path(out)), _ARTIFACTS[up][1]
+        if manifest.get("upstream", {}).get(up_kind) != artifacts.read_manifest(up_folder, up_kind).get("hash"):
+            return f"built from another {up_kind} artifact than the one in {up_folder}"
+    return None
+
+
+def _ensure(stage: str, build: Callable[[Config, Path], dict], cfg: Config, out: Path) -> None:
+    """Bring an upstream artifact up to date so single stages can run on any run directory: build it when
+    missing, rebuild it when it was built from another config or upstream (as `s2gr run` does; a stage reuses
+    what still matches, e.g. embed after a change of embed.batch_size), never use it as it is."""
+    reason = artifact_mismatch(stage, cfg, out)
+    if reason is None:
+        return
+    folder = _ARTIFACTS[stage][0](Path(out))
+    if reason == "missing":
+        log(f"{folder} missing: building it first")
+    else:
+        log(f"{folder} ({stage}) was {reason}: re-running `s2gr {stage}` into it first (use another --out to "
+            "keep it)")
+    build(cfg, out)
 
 
 def _print_metrics(metrics: dict, report: dict | None = None) -> None:
@@ -139,12 +199,22 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "config":
             print("\n".join(valid_keys()) if args.keys else dump_yaml(cfg), end="")
             return 0
+        if args.out.exists() and not args.out.is_dir():
+            raise ConfigError(f"--out {args.out} is a file; pass a run directory (created if missing)")
         args.out.mkdir(parents=True, exist_ok=True)
-        result = COMMANDS[args.command][0](cfg, args.out)
+        COMMANDS[args.command][0](cfg, args.out)
         return 0
-    except (ConfigError, ValueError, RuntimeError, FileNotFoundError) as exc:
-        print(f"s2gr {args.command}: error: {exc}", file=sys.stderr)
+    except (ConfigError, ValueError, RuntimeError, OSError) as exc:  # OSError: a path that is not what it must be
+        print(f"s2gr {args.command}: error: {_error_text(exc)}", file=sys.stderr)
         return 2
+
+
+def _error_text(exc: BaseException) -> str:
+    """One line: an OSError as 'path: reason' (not "[Errno 21] Is a directory: 'configs'"), others as is."""
+    if isinstance(exc, OSError) and exc.strerror and exc.filename is not None:
+        names = f"{exc.filename} -> {exc.filename2}" if exc.filename2 is not None else f"{exc.filename}"
+        return f"{names}: {exc.strerror}"
+    return str(exc)
 
 
 if __name__ == "__main__":

@@ -312,6 +312,9 @@ def validate(cfg: Config) -> Config:
     if not t.codebook_sizes or any(int(c) < 2 for c in t.codebook_sizes):
         raise ConfigError(f"tokenizer.codebook_sizes = {list(t.codebook_sizes)} must be a non-empty list of "
                           "sizes >= 2, one per level (e.g. [256, 256, 256])")
+    if any(h <= 0 for h in t.hidden_dims):
+        raise ConfigError(f"tokenizer.hidden_dims = {list(t.hidden_dims)} must hold layer widths > 0 "
+                          "(e.g. [512, 256, 128]; [] = no hidden layer)")
     if t.num_coarse > min(t.codebook_sizes):
         raise ConfigError(f"tokenizer.num_coarse = {t.num_coarse} exceeds the smallest codebook "
                           f"({min(t.codebook_sizes)}); coarse clusters group the codes of one level")
@@ -335,11 +338,12 @@ def validate(cfg: Config) -> Config:
     if ev.beam_size < max(ev.ks):
         raise ConfigError(f"eval.beam_size = {ev.beam_size} must be >= the largest cut-off in eval.ks "
                           f"({max(ev.ks)})")
-    monitor_k = tr.monitor.split("@")
-    if len(monitor_k) != 2 or monitor_k[0] not in ("recall", "ndcg") or not monitor_k[1].isdigit() \
-            or int(monitor_k[1]) not in ev.ks:
+    # exactly the metric names the evaluation writes (evaluation/evaluate.py: f"recall@{k}", f"ndcg@{k}"), which
+    # the training worker looks up every epoch; `ndcg@010` or a K outside eval.ks would fail only after epoch 1
+    monitors = [f"{name}@{k}" for name in ("recall", "ndcg") for k in ev.ks]
+    if tr.monitor not in monitors:
         raise ConfigError(f"train.monitor = {tr.monitor!r} must be recall@K or ndcg@K with K in eval.ks "
-                          f"{list(ev.ks)}")
+                          f"{list(ev.ks)}: one of {', '.join(monitors)}")
     return cfg
 
 
@@ -379,7 +383,15 @@ def _coerce(key: str, value: Any, typ: Any) -> Any:
     origin = get_origin(typ)
     if origin is tuple:
         if isinstance(value, str):
-            value = yaml.safe_load(value) if value.strip().startswith("[") else [value]
+            if value.strip().startswith("["):
+                try:
+                    value = yaml.safe_load(value)
+                except yaml.YAMLError:
+                    raise ConfigError(f"{key} = {value!r} is not a valid list; write [a, b, c] or a,b,c") from None
+            elif "," in value:  # `title,brand` is the list [title, brand], not one field named 'title,brand'
+                value = [part.strip() for part in value.split(",") if part.strip()]
+            else:
+                value = [value]
         if not isinstance(value, (list, tuple)):
             value = [value]
         (elem,) = {a for a in get_args(typ) if a is not Ellipsis}
@@ -393,7 +405,9 @@ def _coerce(key: str, value: Any, typ: Any) -> Any:
     if typ is int:
         if isinstance(value, bool):
             raise ConfigError(f"{key} = {value!r} is not an integer")
-        if isinstance(value, float) and value.is_integer():
+        if isinstance(value, float):
+            if not value.is_integer():
+                raise ConfigError(f"{key} = {value!r} is not a whole number; write an integer")
             return int(value)
         try:
             return int(value)
@@ -487,10 +501,18 @@ def read_yaml_mapping(path: Path, what: str, missing_hint: str = "") -> dict[str
     """A YAML file that must hold a mapping; errors name the file (`what`: "config file", "search space")."""
     if not path.exists():
         raise ConfigError(f"{what} {path} does not exist{missing_hint}")
+    if path.is_dir():
+        found = sorted(p.name for p in path.iterdir() if p.suffix in (".yaml", ".yml"))[:10]
+        raise ConfigError(f"{what} {path} is a directory; pass a YAML file"
+                          + (f" such as {path / found[0]} (in it: {', '.join(found)})" if found else missing_hint))
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{what} {path} is not valid YAML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{what} {path} is not UTF-8 text ({exc.reason}); is it a YAML file?") from None
+    except OSError as exc:
+        raise ConfigError(f"{what} {path} cannot be read ({exc.strerror or exc})") from None
     if not isinstance(data, Mapping):
         raise ConfigError(f"{what} {path} must hold a mapping of keys")
     return dict(data)

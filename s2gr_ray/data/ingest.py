@@ -39,6 +39,7 @@ class RawDataset:
     skipped: dict[str, int] = field(default_factory=dict)
     sequences_are_final: bool = False
     item_vectors: dict[str, np.ndarray] | None = None  # planted content vectors (synthetic catalog only)
+    notes: list[str] = field(default_factory=list)  # one-line remarks prepare logs (e.g. "file order is used")
 
 
 def iter_lines(path: Path):

@@ -34,6 +34,34 @@ def item_text(fields: dict[str, str], text_fields: tuple[str, ...]) -> str:
     return ". ".join(p for p in parts if p)
 
 
+def check_item_texts(texts: list[dict[str, str]], cfg: Config, source: str,
+                     log: Callable[[str], None] = print) -> list[str]:
+    """Each item's text to embed (`item_text`). When no item gets any text from data.text_fields and the texts
+    are what the embed stage encodes (embed.path = ""), raise naming the fields configured and those present:
+    the embeddings, and everything trained on them, would otherwise be meaningless. Some empty texts are fine."""
+    fields = cfg.data.text_fields
+    out = [item_text(t, fields) for t in texts]
+    empty = sum(1 for t in out if not t)
+    if not empty or not out:
+        return out
+    present: dict[str, None] = {}  # fields with some text, in first-seen order
+    for t in texts:
+        present.update(dict.fromkeys(k for k, v in t.items() if v and v.strip()))
+    shown = ", ".join(list(present)[:30]) + (", ..." if len(present) > 30 else "")
+    if empty < len(out):
+        log(f"prepare: {empty:,} of {len(out):,} items have an empty text (none of data.text_fields "
+            f"{list(fields)} set)")
+        return out
+    if cfg.embed.path:
+        log(f"prepare: no item has text in data.text_fields {list(fields)}; not needed with embed.path = "
+            f"{cfg.embed.path!r}, which does not encode texts")
+        return out
+    raise DataError(f"{source}: every item's text is empty: no item has text in data.text_fields = "
+                    f"{list(fields)} (item fields with text: {shown or 'none besides the id'}); set "
+                    "data.text_fields to the fields to embed, e.g. data.text_fields=[title,brand] (or pass "
+                    "precomputed vectors with embed.path=FILE)")
+
+
 def top_category(categories: str) -> str:
     """'Beauty > Makeup > Nails | …' → 'Makeup' (the level below the shared root), else the root."""
     first = categories.split(" | ")[0]
@@ -144,17 +172,20 @@ def prepare_stage(cfg: Config, run: Path, log: Callable[[str], None] = print) ->
     run = Path(run)
     log(f"prepare: reading {cfg.data.format} data {cfg.data.path or ''}".rstrip())
     raw = read_dataset(cfg.data)
+    for note in raw.notes:
+        log(f"prepare: {note}")
     sequences, item_raw_ids, user_raw_ids, skipped = normalize(raw, cfg, log)
+    texts = [raw.item_text[k] for k in item_raw_ids]
+    embed_texts = check_item_texts(texts, cfg, raw.source, log)
     examples = split_examples(sequences, cfg.data.max_history)
     run.mkdir(parents=True, exist_ok=True)
     with artifacts.atomic_dir(run / ".prepare") as tmp:
-        texts = [raw.item_text[k] for k in item_raw_ids]
         cats = [t.get(cfg.data.category_field, "") if cfg.data.category_field else "" for t in texts]
         pq.write_table(pa.table({
             "item_id": pa.array(np.arange(1, len(item_raw_ids) + 1), pa.int32()),
             "raw_id": pa.array(item_raw_ids, pa.string()),
             "title": pa.array([html.unescape(t.get("title", "")) for t in texts], pa.string()),
-            "text": pa.array([item_text(t, cfg.data.text_fields) for t in texts], pa.string()),
+            "text": pa.array(embed_texts, pa.string()),
             "category": pa.array([top_category(c) for c in cats], pa.string()),
         }), tmp / "items.parquet")
         lengths = np.array([len(s) for s in sequences])

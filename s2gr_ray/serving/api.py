@@ -31,6 +31,23 @@ from s2gr_ray.serving.labels import ClusterLabel, cluster_labels
 DEFAULT_BEAM = 20  # EvalConfig.beam_size's default; the beam is never narrower than k
 ID_TYPES = ("auto", "item_id", "raw_id")
 _SPLIT = re.compile(r"[\s,]+")
+_QUOTES = "'\""
+
+
+def history_tokens(history: Any) -> list:
+    """One history -> its ids: a list/array of ids, or a string "12 7 301", "12,7,301", "[12, 7, 301]" (what
+    pandas to_csv writes for a list column) or "['B01', 'B02']"; bytes are read as UTF-8 text."""
+    if isinstance(history, (bytes, bytearray)):
+        history = bytes(history).decode("utf-8", errors="backslashreplace")  # undecodable bytes -> unknown ids
+    if isinstance(history, str):
+        text = history.strip().strip(_QUOTES).strip()
+        if text[:1] + text[-1:] in ("[]", "()"):
+            text = text[1:-1]
+        return [t.strip(_QUOTES) for t in _SPLIT.split(text) if t.strip(_QUOTES)]
+    if isinstance(history, np.ndarray):
+        history = history.tolist()
+    return [t.decode("utf-8", errors="backslashreplace") if isinstance(t, (bytes, bytearray)) else t
+            for t in history]
 
 
 class ServingError(RuntimeError):
@@ -96,6 +113,24 @@ def _read_catalog(run: Path, num_items: int) -> dict[str, list]:
             "category": pick(cols["category"], "")}
 
 
+def check_catalog(run: Path, tok_dir: Path, tok_manifest: dict[str, Any]) -> dict[str, Any]:
+    """Refuse a tokenizer fitted on another prepared catalog than RUN's (the same item count with other items,
+    e.g. after `s2gr prepare` with another seed); returns RUN's data manifest."""
+    if not (run / artifacts.MANIFEST).exists():
+        raise ServingError(f"{run / artifacts.MANIFEST} is missing: {run} holds no prepared data, so the catalog "
+                           "cannot be checked against the tokenizer; restore the run's prepared data or re-run "
+                           f"prepare, tokenize and train (s2gr train <preset> --out {run})")
+    try:
+        data_manifest = artifacts.read_manifest(run, "data")
+        artifacts.check_upstream(tok_manifest, "data", data_manifest.get("hash"), tok_dir)
+    except artifacts.ArtifactError as exc:
+        raise ServingError(f"catalog/tokenizer mismatch: {exc}. The prepared data in {run} (manifest.json, "
+                           f"items.parquet) is not the catalog the tokenizer in {tok_dir} and the model were built "
+                           "from: point at the run directory that holds the matching data, or re-run tokenize and "
+                           f"train on this data (s2gr train <preset> --out {run})") from None
+    return data_manifest
+
+
 def _popularity(run: Path, num_items: int) -> np.ndarray | None:
     path = run / "interactions.parquet"
     if not path.exists():
@@ -138,6 +173,7 @@ class Recommender:
         model_manifest = artifacts.read_manifest(model_dir, "model")
         tok_dir = artifacts.tokenizer_dir(run)
         tok_manifest = artifacts.read_manifest(tok_dir, "tokenizer")
+        check_catalog(run, tok_dir, tok_manifest)
         tok = SIDTokenizer.load(tok_dir)
         signature = artifacts.read_json(model_dir / "signature.json")
         where = f"{model_dir / 'signature.json'}"
@@ -180,13 +216,6 @@ class Recommender:
         return cls(run, model, tok, catalog, labels, dev, model_manifest.get("hash", ""))
 
     # ------------------------------------------------------------------------------------- id resolution
-    def _as_tokens(self, history: Any) -> list:
-        if isinstance(history, str):
-            return [t for t in _SPLIT.split(history.strip()) if t]
-        if isinstance(history, np.ndarray):
-            return history.tolist()
-        return list(history)
-
     def _item_id(self, token: Any) -> int | None:
         try:
             value = int(token)
@@ -197,10 +226,10 @@ class Recommender:
         return value if 1 <= value <= self.num_items else None
 
     def resolve(self, history: Any, id_type: str = "auto") -> tuple[list[int], list[str], str]:
-        """One history (ids, or a space/comma-separated string) -> (item ids, unknown ids, id_type used)."""
+        """One history (ids, or a string of ids: see history_tokens) -> (item ids, unknown ids, id_type used)."""
         if id_type not in ID_TYPES:
             raise ServingError(f"id_type = {id_type!r} must be one of {', '.join(ID_TYPES)}")
-        tokens = self._as_tokens(history)
+        tokens = history_tokens(history)
         as_item = [self._item_id(t) for t in tokens]
         as_raw = [self.raw_to_item.get(str(t).strip()) for t in tokens]
         if id_type == "auto":
@@ -219,7 +248,10 @@ class Recommender:
                                "string); for one history use recommend_one(history)")
         if k < 1:
             raise ServingError(f"k = {k} must be >= 1")
-        beam = max(int(k), int(beam_size or DEFAULT_BEAM))
+        if beam_size is not None and beam_size < 1:
+            raise ServingError(f"beam size (--beam-size) = {beam_size} must be >= 1; leave it out for the default "
+                               f"max(k, {DEFAULT_BEAM})")
+        beam = max(int(k), DEFAULT_BEAM if beam_size is None else int(beam_size))
         resolved = [self.resolve(h, id_type) for h in histories]
         results: list[Recommendation | None] = [None] * len(resolved)
         todo = []

@@ -47,7 +47,7 @@ def add_parsers(sub) -> None:
     p.add_argument("run", type=Path)
     p.add_argument("--split", default="test", choices=("valid", "test"))
     p.add_argument("--beam-size", type=int, default=20)
-    p.add_argument("--ks", default="5,10", help="comma-separated cut-offs")
+    p.add_argument("--ks", default="5,10", help="comma-separated positive cut-offs K (default 5,10)")
     p.add_argument("--min-history-view", type=int, default=10, help="paper view: history >= this (0 = off)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--max-users", type=int, default=0, help="first N users of the split (0 = all)")
@@ -66,6 +66,15 @@ def _ray_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cpus-per-actor", type=float, default=1.0)
     p.add_argument("--gpus-per-actor", type=float, default=None, help="default: 1 when the cluster has GPUs")
     p.add_argument("--ray-address", default="", help="Ray cluster (default RAY_ADDRESS, else a local Ray)")
+
+
+def _check_positive(args: argparse.Namespace, *names: str) -> None:
+    """Refuse a count flag below 1 before loading the run (0 must not quietly mean "the default")."""
+    for name in names:
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} {value} must be >= 1"
+                             + ("; leave it out for the default" if name == "beam_size" else ""))
 
 
 def print_recommendation(res, k: int) -> None:
@@ -96,6 +105,7 @@ def run_command(args: argparse.Namespace) -> int:
         if args.command == "recommend":
             from s2gr_ray.serving.api import Recommender
 
+            _check_positive(args, "k", "beam_size")
             rec = Recommender.load(args.run, device=args.device)
             results = rec.recommend(args.history, k=args.k, id_type=args.id_type, beam_size=args.beam_size)
             if args.json:
@@ -110,15 +120,16 @@ def run_command(args: argparse.Namespace) -> int:
         elif args.command == "score":
             from s2gr_ray.serving.score import default_concurrency, score_users
 
+            concurrency = default_concurrency() if args.concurrency is None else args.concurrency
             score_users(args.run, args.users, args.out, k=args.k, batch_size=args.batch_size,
-                        concurrency=args.concurrency or default_concurrency(), id_type=args.id_type,
+                        concurrency=concurrency, id_type=args.id_type,
                         beam_size=args.beam_size, cpus_per_actor=args.cpus_per_actor,
                         gpus_per_actor=args.gpus_per_actor, ray_address=args.ray_address,
                         rows_per_file=args.rows_per_file, log=log)
         elif args.command == "evaluate":
-            from s2gr_ray.serving.evaluate import evaluate_run, metric_table
+            from s2gr_ray.serving.evaluate import evaluate_run, metric_table, parse_ks
 
-            ks = [int(x) for x in str(args.ks).split(",") if x.strip()]
+            ks = parse_ks(args.ks)
             out = evaluate_run(args.run, args.split, beam_size=args.beam_size, ks=ks,
                                min_history_view=args.min_history_view, batch_size=args.batch_size,
                                max_users=args.max_users, concurrency=args.concurrency,

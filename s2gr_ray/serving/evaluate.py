@@ -36,6 +36,19 @@ class EvalActor:
         return {k: np.asarray([v], dtype=np.float64) for k, v in sums.items()}
 
 
+def parse_ks(text: str) -> list[int]:
+    """``--ks "5,10"`` -> [5, 10]; anything but comma-separated positive integers fails naming --ks."""
+    parts = [x.strip() for x in str(text).split(",")]
+    try:
+        ks = [int(x) for x in parts]
+    except ValueError:
+        ks = []
+    if not ks or any(k < 1 for k in ks):
+        raise ValueError(f"--ks {text!r} must be comma-separated positive integers (cut-offs K of recall@K and "
+                         "ndcg@K), e.g. --ks 5,10")
+    return ks
+
+
 def evaluate_run(run: str | Path, split: str = "test", beam_size: int = 20, ks: Sequence[int] = (5, 10),
                  min_history_view: int = 10, batch_size: int = 256, max_users: int = 0, concurrency: int = 1,
                  cpus_per_actor: float = 1.0, gpus_per_actor: float | None = None, ray_address: str = "",
@@ -51,8 +64,14 @@ def evaluate_run(run: str | Path, split: str = "test", beam_size: int = 20, ks: 
 
     if split not in ("valid", "test"):
         raise ValueError(f"--split {split!r} must be valid or test")
+    ks = parse_ks(",".join(str(k) for k in ks))
+    for flag, value in (("--batch-size", batch_size), ("--concurrency", concurrency)):
+        if value < 1:
+            raise ValueError(f"{flag} {value} must be >= 1")
+    if max_users < 0:
+        raise ValueError(f"--max-users {max_users} must be >= 0 (0 = every user of the split)")
     if beam_size < max(ks):
-        raise ValueError(f"beam size {beam_size} must be >= the largest K of the metrics ({max(ks)})")
+        raise ValueError(f"--beam-size {beam_size} must be >= the largest K of --ks ({max(ks)})")
     run = Path(run).resolve()
     rec = Recommender.load(run, device="cpu")  # fail fast on a bad run; gives the SID table for the shards
     data_manifest = artifacts.read_manifest(run, "data")

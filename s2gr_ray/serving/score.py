@@ -1,6 +1,7 @@
 """Batch scoring on Ray Data: users file -> top-K parquet shards (`s2gr score`, GitHub #10).
 
-Input: parquet or CSV with columns ``user_id`` and ``history`` (a list of ids, or a space-separated string).
+Input: parquet or CSV with columns ``user_id`` and ``history`` (a list of ids, or a string of ids: "12 7 301",
+"12,7,301" or "[12, 7, 301]" as pandas to_csv writes a list column; see api.history_tokens).
 Ray Data streams the file through ``map_batches`` over an actor pool; each actor holds one loaded
 `Recommender` (model + trie + catalog, loaded once per actor) and runs the same `Recommender.recommend` as the
 Python API, so the two give identical results. Output: parquet shards with user_id, items list<int32>,
@@ -43,8 +44,8 @@ class ScoringActor:
 
 
 def _history_value(h: Any) -> Any:
-    """A cell of the history column -> what Recommender.resolve takes (lists, strings; None -> empty)."""
-    if h is None:
+    """A cell of the history column -> what Recommender.resolve takes (lists, strings, bytes; None/NaN -> empty)."""
+    if h is None or (isinstance(h, float) and h != h):
         return []
     if isinstance(h, (int, float)):
         return [h]
@@ -111,10 +112,13 @@ def score_users(run: str | Path, users: str | Path, out: str | Path, k: int = 10
 
     if id_type not in ID_TYPES:
         raise ValueError(f"--id-type {id_type!r} must be one of {', '.join(ID_TYPES)}")
-    if min(k, batch_size, concurrency, rows_per_file) < 1:
-        raise ValueError("k, batch size, concurrency and rows per file must be >= 1")
+    for flag, value in (("--k", k), ("--batch-size", batch_size), ("--concurrency", concurrency),
+                        ("--rows-per-file", rows_per_file), ("--beam-size", 1 if beam_size is None else beam_size)):
+        if value < 1:
+            raise ValueError(f"{flag} {value} must be >= 1" + ("; leave it out for the default"
+                                                                if flag in ("--concurrency", "--beam-size") else ""))
     run = Path(run).resolve()
-    _check_out(str(out), run)
+    _check_out(str(out), run, str(users))
     Recommender.load(run, device="cpu")  # fail fast, in the driver, on a bad run (before any actor starts)
     init_ray(RayConfig(address=ray_address), use_gpu=bool(gpus_per_actor), log=log)
     ctx = ray.data.DataContext.get_current()
@@ -147,19 +151,31 @@ def score_users(run: str | Path, users: str | Path, out: str | Path, k: int = 10
     return summary
 
 
-def _check_out(out: str, run: Path) -> None:
-    """The output folder is replaced as a whole: refuse one that holds anything but earlier score shards."""
+def _check_out(out: str, run: Path, users: str = "") -> None:
+    """The output folder is replaced as a whole: refuse the run directory, anything inside it or around it, the
+    --users input (or a folder holding it, or inside it), and a folder that holds anything but earlier score
+    shards."""
     if "://" in out:
         return
     path = Path(out).resolve()
     if path == run or path in run.parents:
         raise ValueError(f"--out {out} would replace the run directory {run}; choose a separate folder")
+    if run in path.parents:
+        raise ValueError(f"--out {out} is inside the run directory {run} and would replace that folder (e.g. a "
+                         "sequence split); write the scores to a folder outside the run directory")
     if path.exists():
         other = [p.name for p in path.iterdir()] if path.is_dir() else [path.name]
         other = [n for n in other if not n.endswith(".parquet")]
         if other:
             raise ValueError(f"--out {out} exists and holds {other[:3]} (not score shards); the output folder is "
                              "replaced as a whole, so choose a new or empty folder")
+    if users and "://" not in users:
+        src = Path(users).resolve()
+        how = ("is" if path == src else "holds" if path in src.parents else
+               "is inside" if src in path.parents else "")
+        if how:
+            raise ValueError(f"--out {out} {how} the --users input {users}; the output folder is replaced as a "
+                             "whole, which would destroy the users file(s): write the scores to a separate folder")
 
 
 def default_concurrency() -> int:

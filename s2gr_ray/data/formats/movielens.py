@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from s2gr_ray.config import DataConfig
-from s2gr_ray.data.formats.tables import ids_as_text, read_csv_table
+from s2gr_ray.data.formats.tables import GZIP_ERRORS, gzip_error, ids_as_text, is_gzip, read_csv_table
 from s2gr_ray.data.ingest import DataError, RawDataset
 
 LAYOUT_FILES: dict[str, tuple[str, str]] = {  # (ratings, movies)
@@ -71,13 +71,16 @@ def detect_layout(root: Path, layout: str) -> tuple[str, Path]:
 
 def latin1_lines(path: Path):
     """Yield (line number, line) of a latin-1 file (gzipped or not); blank lines skipped."""
-    with open(path, "rb") as fh:
-        gz = fh.read(2) == b"\x1f\x8b"
-    with (gzip.open(path, "rt", encoding="latin-1") if gz else open(path, encoding="latin-1")) as fh:
-        for lineno, line in enumerate(fh, start=1):
-            line = line.rstrip("\r\n")
-            if line.strip():
-                yield lineno, line
+    gz = is_gzip(path)
+    lineno = 0
+    try:
+        with (gzip.open(path, "rt", encoding="latin-1") if gz else open(path, encoding="latin-1")) as fh:
+            for lineno, line in enumerate(fh, start=1):
+                line = line.rstrip("\r\n")
+                if line.strip():
+                    yield lineno, line
+    except GZIP_ERRORS as exc:
+        raise gzip_error(path, exc, lineno) from None
 
 
 def _fields(line: str, sep: str, count: int, path: Path, lineno: int, layout: str) -> list[str]:
@@ -98,9 +101,12 @@ def _number(text: str, kind: type, path: Path, lineno: int, what: str):
 def _read_ratings_fast(path: Path, sep: str, movies: dict):
     """pyarrow fast path ('::' rewritten to a tab); None on any irregularity, so the exact line-by-line parser
     below reports it (pyarrow skips blank lines, so its row numbers are not file lines)."""
-    with open(path, "rb") as fh:
-        gz = fh.read(2) == b"\x1f\x8b"
-    data = gzip.decompress(path.read_bytes()) if gz else path.read_bytes()
+    data = path.read_bytes()
+    if is_gzip(path):
+        try:
+            data = gzip.decompress(data)
+        except GZIP_ERRORS as exc:
+            raise gzip_error(path, exc) from None
     if sep != "\t":
         if b"\t" in data or b'"' in data:
             return None

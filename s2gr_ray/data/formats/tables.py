@@ -1,7 +1,9 @@
 """① ``data.format=tables``: an interactions table + an items table (parquet, CSV / TSV, or items JSONL).
 
 Interactions: columns ``data.user_column``, ``data.item_column`` and, optionally, ``data.time_column`` (numbers,
-ISO-8601 text, or a parquet timestamp / date). Without a time column the file order is the order. Items: the id
+ISO-8601 text, or a parquet timestamp / date). Without a time column the file order is the order: when the file
+lacks the default ``timestamp`` column (logged), or with ``data.time_column=''``; a time column set to another
+name must exist (a misspelt name raises rather than silently using file order). Items: the id
 column ``data.item_column`` plus any text columns; ``data.text_fields`` later picks the ones to embed.
 
 Ids are kept as the file spells them (CSV ids are read as text, so ``007`` stays ``007``; integer parquet ids
@@ -13,6 +15,7 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import zlib
 from datetime import datetime
 from pathlib import Path
 
@@ -26,6 +29,29 @@ from s2gr_ray.config import DataConfig
 from s2gr_ray.data.ingest import DataError, RawDataset, category_text, read_items_jsonl
 
 _GZIP_MAGIC = b"\x1f\x8b"
+# what reading a truncated or damaged .gz raises (gzip.open / gzip.decompress): shown as a DataError naming the file
+GZIP_ERRORS = (EOFError, zlib.error, gzip.BadGzipFile)
+
+
+def gzip_error(path: Path, exc: BaseException, lineno: int | None = None) -> DataError:
+    """The DataError for a gzip file that cannot be read to its end (``lineno``: the last line read whole)."""
+    where = f" after line {lineno}" if lineno else ""
+    return DataError(f"{path}: truncated or corrupt gzip{where} ({exc}); download it again")
+
+
+def is_gzip(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        return fh.read(2) == _GZIP_MAGIC
+
+
+def check_gzip(path: Path) -> None:
+    """Read a gzipped file to its end; a truncated or damaged stream raises `gzip_error` (error paths only)."""
+    try:
+        with gzip.open(path, "rb") as fh:
+            while fh.read(1 << 20):
+                pass
+    except GZIP_ERRORS as exc:
+        raise gzip_error(path, exc) from None
 
 
 # --------------------------------------------------------------------------------------------- file helpers
@@ -59,9 +85,7 @@ def table_kind(path: Path) -> str:
 
 
 def _open_binary(path: Path):
-    with open(path, "rb") as fh:
-        magic = fh.read(2)
-    return gzip.open(path, "rb") if magic == _GZIP_MAGIC else open(path, "rb")
+    return gzip.open(path, "rb") if is_gzip(path) else open(path, "rb")
 
 
 def utf8_lines(path: Path):
@@ -71,22 +95,24 @@ def utf8_lines(path: Path):
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
-    with _open_binary(path) as fh:
-        for lineno, raw in enumerate(fh, start=1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                raise DataError(f"{path}:{lineno}: not valid UTF-8 ({exc.reason}); re-encode the file as UTF-8"
-                                ) from None
-            yield lineno, line.rstrip("\n").rstrip("\r")
+    lineno = 0
+    try:
+        with _open_binary(path) as fh:
+            for lineno, raw in enumerate(fh, start=1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise DataError(f"{path}:{lineno}: not valid UTF-8 ({exc.reason}); re-encode the file as "
+                                    "UTF-8") from None
+                yield lineno, line.rstrip("\n").rstrip("\r")
+    except GZIP_ERRORS as exc:
+        raise gzip_error(path, exc, lineno) from None
 
 
 def _arrow_stream(path: Path):
     """A pyarrow input stream that un-gzips by content, not by file name."""
-    with open(path, "rb") as fh:
-        magic = fh.read(2)
     raw = pa.OSFile(str(path))
-    return pa.CompressedInputStream(raw, "gzip") if magic == _GZIP_MAGIC else raw
+    return pa.CompressedInputStream(raw, "gzip") if is_gzip(path) else raw
 
 
 def _delimiter(path: Path) -> str:
@@ -95,8 +121,11 @@ def _delimiter(path: Path) -> str:
 
 def csv_header(path: Path, delimiter: str) -> list[str]:
     """Column names from the first line (strict UTF-8, BOM dropped)."""
-    with _open_binary(path) as fh:
-        first = fh.readline()
+    try:
+        with _open_binary(path) as fh:
+            first = fh.readline()
+    except GZIP_ERRORS as exc:
+        raise gzip_error(path, exc) from None
     try:
         text = first.decode("utf-8").lstrip("\ufeff")
     except UnicodeDecodeError as exc:
@@ -107,7 +136,10 @@ def csv_header(path: Path, delimiter: str) -> list[str]:
 
 
 def _locate_csv_problem(path: Path, delimiter: str, num_columns: int) -> str | None:
-    """Error path only: rescan the file in Python to find the first non-UTF-8 line or wrong field count."""
+    """Error path only: rescan the file in Python to find the first non-UTF-8 line or wrong field count. A
+    truncated or damaged gzip stream raises `gzip_error` first (its cut-off last line would read as a short row)."""
+    if is_gzip(path):
+        check_gzip(path)
     bad: list[tuple[int, str]] = []
 
     def lines():
@@ -304,6 +336,14 @@ def read_tables(cfg: DataConfig) -> RawDataset:
     else:
         raise DataError(f"{inter_path}: interactions must be parquet or CSV / TSV (got a JSON file name)")
     has_time = bool(cfg.time_column) and cfg.time_column in present
+    notes = []
+    if cfg.time_column and not has_time:
+        if cfg.time_column != DataConfig().time_column:  # set on purpose: a misspelling must not mean file order
+            raise DataError(f"{inter_path}: no time column {cfg.time_column!r} (data.time_column = "
+                            f"{cfg.time_column!r}; columns present: {', '.join(present)}); set "
+                            "data.time_column=<column name>, or data.time_column='' to order by file position")
+        notes.append(f"{inter_path} has no {cfg.time_column!r} column (data.time_column): interactions are "
+                     "ordered by file position")
     columns = [cfg.user_column, cfg.item_column] + ([cfg.time_column] if has_time else [])
     if kind == "csv":
         table = read_csv_table(inter_path, columns, [cfg.user_column, cfg.item_column], keys)
@@ -323,4 +363,4 @@ def read_tables(cfg: DataConfig) -> RawDataset:
         orders = np.arange(table.num_rows, dtype=np.int64)
     source = f"{inter_path} + {items_path}" + ("" if has_time else " (no time column: file order)")
     return RawDataset(users.to_pylist(), items.to_pylist(), orders, item_text, source=source,
-                      sequences_are_final=False)
+                      sequences_are_final=False, notes=notes)

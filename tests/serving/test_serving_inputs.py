@@ -1,0 +1,178 @@
+"""Input checks of the serving commands on tiny temp files (no Ray started, no trained model).
+
+`s2gr score --out` never replaces the run directory or the --users input; serving refuses a catalog the tokenizer
+was not fitted on; string/bytes histories parse to their ids; 0 never quietly means "the default"; --ks fails
+naming --ks.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from s2gr_ray import artifacts
+from s2gr_ray.serving.api import Recommendation, Recommender, ServingError, check_catalog, history_tokens
+from s2gr_ray.serving.commands import add_parsers, run_command
+from s2gr_ray.serving.evaluate import parse_ks
+from s2gr_ray.serving.score import _check_out, _history_value
+
+
+def _parquet(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table({"user_id": [1], "history": [[1, 2]]}), path)
+    return path
+
+
+def _cli(argv: list[str], capsys) -> tuple[int, str]:
+    parser = argparse.ArgumentParser(prog="s2gr")
+    add_parsers(parser.add_subparsers(dest="command"))
+    code = run_command(parser.parse_args(argv))
+    return code, capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------ 1. score --out
+def test_out_inside_the_run_directory_is_refused(tmp_path):
+    run = tmp_path / "run"
+    shard = _parquet(run / "sequences" / "test" / "part-00000.parquet")
+    users = _parquet(tmp_path / "users.parquet")
+    for out in (run / "sequences" / "test", run / "scores", run):
+        with pytest.raises(ValueError, match="run directory"):
+            _check_out(str(out), run.resolve(), str(users))
+    assert shard.exists()
+
+
+def test_out_that_is_holds_or_is_inside_the_users_input_is_refused(tmp_path):
+    folder = tmp_path / "users"
+    users = _parquet(folder / "part-0.parquet")
+    cases = [(folder, folder, " is the --users"), (users, users, " is the --users"),
+             (tmp_path / "users", users, "holds the --users"), (folder / "scores", folder, "is inside the --users")]
+    for out, src, how in cases:
+        with pytest.raises(ValueError, match=how) as err:
+            _check_out(str(out), (tmp_path / "run").resolve(), str(src))
+        assert str(out) in str(err.value) and str(src) in str(err.value) and "separate folder" in str(err.value)
+    assert users.exists()
+
+
+def test_safe_outputs_are_still_accepted(tmp_path):
+    run, users = tmp_path / "run", _parquet(tmp_path / "in" / "users.parquet")
+    run.mkdir()
+    _parquet(tmp_path / "scores" / "part-0.parquet")  # an earlier score output: replaced
+    for out in (tmp_path / "scores", tmp_path / "new", tmp_path / "in2"):
+        _check_out(str(out), run.resolve(), str(users))
+    _check_out("s3://bucket/scores", run.resolve(), str(users))
+
+
+# ------------------------------------------------------------------------ 2. catalog vs tokenizer
+def _fake_run(tmp_path: Path, tokenizer_data_hash: str | None) -> Path:
+    """RUN with a data manifest, a tokenizer manifest (upstream data = tokenizer_data_hash) and a model stub."""
+    run = tmp_path / "run"
+    data = artifacts.write_manifest(run, "data", "cfg", num_items=3)
+    upstream = {"embeddings": "e" * 16, "data": tokenizer_data_hash or data["hash"]}
+    artifacts.write_manifest(run / "tokenizer", "tokenizer", "tok", upstream, num_items=3)
+    artifacts.write_manifest(run / "model", "model", "m", {"tokenizer": "t" * 16})
+    (run / "model" / "model.pt").write_bytes(b"stub")
+    return run
+
+
+def test_tokenizer_of_another_catalog_is_refused(tmp_path):
+    run = _fake_run(tmp_path, "0123456789abcdef")  # `s2gr prepare` re-run: same item count, other items
+    with pytest.raises(ServingError, match="catalog/tokenizer mismatch") as err:
+        Recommender.load(run, device="cpu")
+    msg = str(err.value)
+    assert str(run.resolve()) in msg and str(run.resolve() / "tokenizer") in msg and "re-run tokenize" in msg
+
+
+def test_evaluate_refuses_a_tokenizer_of_another_catalog(tmp_path):
+    from s2gr_ray.serving.evaluate import evaluate_run
+
+    run = _fake_run(tmp_path, "0123456789abcdef")
+    with pytest.raises(ServingError, match="catalog/tokenizer mismatch"):
+        evaluate_run(run, "test", beam_size=10, ks=(5, 10))
+
+
+def test_matching_catalog_passes_and_a_missing_data_manifest_is_named(tmp_path):
+    run = _fake_run(tmp_path, None)
+    tok_manifest = artifacts.read_manifest(run / "tokenizer", "tokenizer")
+    assert check_catalog(run, run / "tokenizer", tok_manifest)["kind"] == "data"
+    (run / "manifest.json").unlink()
+    with pytest.raises(ServingError, match="manifest.json is missing.*no prepared data"):
+        check_catalog(run, run / "tokenizer", tok_manifest)
+
+
+# ------------------------------------------------------------------------------ 3. history parsing
+@pytest.mark.parametrize("history, tokens", [
+    ("[12, 7, 301]", ["12", "7", "301"]),  # pandas to_csv of a list column
+    ("['B01', 'B02']", ["B01", "B02"]),
+    ('["B01","B02"]', ["B01", "B02"]),
+    ('"12 7"', ["12", "7"]),
+    ("12,7 301", ["12", "7", "301"]),
+    ("[12  7 301]", ["12", "7", "301"]),  # numpy repr
+    ("[]", []), ("", []),
+    (b"12 7", ["12", "7"]),
+    ([b"B01", "B02"], ["B01", "B02"]),
+    (np.array([3, 4]), [3, 4]),
+])
+def test_history_tokens(history, tokens):
+    assert history_tokens(history) == tokens
+
+
+def _stub_recommender(num_items: int = 400) -> Recommender:
+    """resolve/recommend without a model: _search is replaced by a stub that records the beam."""
+    rec = Recommender.__new__(Recommender)
+    rec.num_items, rec.raw_to_item, rec.beams = num_items, {"B01": 1, "B02": 2}, []
+    rec._search = lambda id_lists, k, beam: rec.beams.append(beam) or [Recommendation([], [], h, []) for h in id_lists]
+    return rec
+
+
+def test_bracketed_and_bytes_histories_resolve_to_their_items():
+    rec = _stub_recommender()
+    assert rec.resolve("[12, 7, 301]", "item_id") == ([12, 7, 301], [], "item_id")
+    assert rec.resolve("['B01', 'B02']") == ([1, 2], [], "raw_id")
+    assert rec.resolve(b"12 7", "item_id") == ([12, 7], [], "item_id")  # not the byte values 49, 50, ...
+    ids, unknown, _ = rec.resolve(b"\xff 12", "item_id")  # undecodable: reported as unknown, never dropped
+    assert ids == [12] and unknown == ["\\xff"]
+    assert _history_value(float("nan")) == [] and _history_value(None) == [] and _history_value(5) == [5]
+
+
+# ------------------------------------------------------------------------------ 4. counts of 0
+def test_beam_size_zero_is_refused_not_defaulted(tmp_path, capsys):
+    rec = _stub_recommender()
+    with pytest.raises(ServingError, match="beam size.*must be >= 1"):
+        rec.recommend([[1, 2]], k=5, beam_size=0)
+    rec.recommend([[1, 2]], k=5)
+    rec.recommend([[1, 2]], k=5, beam_size=3)
+    assert rec.beams == [20, 5]  # default max(k, 20); never narrower than k
+    code, err = _cli(["recommend", str(tmp_path / "run"), "--history", "1 2", "--beam-size", "0"], capsys)
+    assert code == 2 and "--beam-size 0 must be >= 1" in err
+
+
+def test_concurrency_zero_is_refused_not_defaulted(tmp_path, capsys):
+    users = _parquet(tmp_path / "users.parquet")
+    code, err = _cli(["score", str(tmp_path / "run"), "--users", str(users), "--out", str(tmp_path / "out"),
+                      "--concurrency", "0"], capsys)
+    assert code == 2 and "--concurrency 0 must be >= 1" in err
+    code, err = _cli(["score", str(tmp_path / "run"), "--users", str(users), "--out", str(tmp_path / "out"),
+                      "--beam-size", "0"], capsys)
+    assert code == 2 and "--beam-size 0 must be >= 1" in err
+
+
+# ------------------------------------------------------------------------------------------ 5. --ks
+def test_parse_ks():
+    assert parse_ks("5,10") == [5, 10] and parse_ks(" 1, 5 ") == [1, 5]
+    for bad in ("5,x", "", "0", "5,,10", "-5", "5 10"):
+        with pytest.raises(ValueError, match="--ks .* must be comma-separated positive integers"):
+            parse_ks(bad)
+
+
+def test_cli_evaluate_bad_ks_names_the_flag(tmp_path, capsys):
+    from s2gr_ray.serving.evaluate import evaluate_run
+
+    for bad in ("5,x", "", "0"):
+        code, err = _cli(["evaluate", str(tmp_path / "run"), "--ks", bad], capsys)
+        assert code == 2 and "--ks" in err and "positive integers" in err, err
+    with pytest.raises(ValueError, match="--ks"):
+        evaluate_run(tmp_path / "run", "test", ks=[])
