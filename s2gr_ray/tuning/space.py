@@ -198,7 +198,7 @@ def _check_metric(where: str, metric: str, base: Config) -> str:
     split, _, name = metric.partition("/")
     kind, _, k = name.partition("@")
     if split not in ("valid", "valid_hist10") or kind not in ("recall", "ndcg") or not k.isdigit() \
-            or int(k) not in base.eval.ks:
+            or str(int(k)) != k or int(k) not in base.eval.ks:  # exactly the reported name: ndcg@010 never is
         raise ConfigError(f"{where}: metric {metric!r} must be valid/recall@K, valid/ndcg@K (or valid_hist10/...) "
                           f"with K in eval.ks {list(base.eval.ks)}, or train/loss; test metrics are not tuned on")
     return "max"

@@ -74,6 +74,8 @@ def test_top_level_metric_and_points_are_checked(tmp_path):
         load_space(write_space(tmp_path, num_sample=3))
     with pytest.raises(ConfigError, match="K in eval.ks"):
         load_space(write_space(tmp_path, metric="valid/ndcg@20"))
+    with pytest.raises(ConfigError, match="K in eval.ks"):  # not the name the trials report
+        load_space(write_space(tmp_path, metric="valid/ndcg@010"))
     with pytest.raises(ConfigError, match="test metrics are not tuned on"):
         load_space(write_space(tmp_path, metric="test/ndcg@10"))
     with pytest.raises(ConfigError, match="outside its distribution"):
