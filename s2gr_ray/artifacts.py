@@ -10,6 +10,7 @@
     RUN/tokenizer/                    codebooks, item -> SID table, coarse clusters, report  (③)
     RUN/train/                        Ray Train storage: checkpoints, TensorBoard            (⑤ ⑥)
     RUN/metrics.json                  final metrics of `s2gr run`
+    RUN/config.yaml                   the resolved config the model was trained with
 
 Every artifact folder holds a ``manifest.json`` with its kind, a hash of the config sections that built it,
 the hashes of the upstream artifacts it was built from, and row counts. A later stage refuses an artifact whose
@@ -54,6 +55,10 @@ def tokenizer_dir(run: Path) -> Path:
 
 def train_dir(run: Path) -> Path:
     return Path(run) / "train"
+
+
+def model_dir(run: Path) -> Path:
+    return Path(run) / "model"
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -110,8 +115,10 @@ def write_manifest(folder: Path, kind: str, config_hash: str, upstream: dict[str
 def read_manifest(folder: Path, kind: str) -> dict[str, Any]:
     path = Path(folder) / MANIFEST
     if not path.exists():
+        run = _run_of(Path(folder), kind)
+        out = run if run is not None else "RUN"
         raise ArtifactError(f"no {kind} artifact in {folder} ({MANIFEST} missing); run the stage that builds it "
-                            f"first (s2gr {_STAGE_OF.get(kind, kind)} ... --out {Path(folder).parent})")
+                            f"first (s2gr {_STAGE_OF.get(kind, kind)} CONFIG --out {out})")
     manifest = read_json(path)
     if manifest.get("kind") != kind:
         raise ArtifactError(f"{path} describes a {manifest.get('kind')!r} artifact, expected {kind!r}")
@@ -119,6 +126,19 @@ def read_manifest(folder: Path, kind: str) -> dict[str, Any]:
 
 
 _STAGE_OF = {"data": "prepare", "embeddings": "embed", "tokenizer": "tokenize", "model": "train"}
+_FOLDER_OF = {"data": data_dir, "embeddings": embeddings_dir, "tokenizer": tokenizer_dir, "model": model_dir}
+
+
+def _run_of(folder: Path, kind: str) -> Path | None:
+    """The run directory whose ``kind`` artifact lives in ``folder`` (the folder itself for "data", its parent for
+    the artifacts in sub-folders); None when ``folder`` is not where a run keeps that kind (e.g. a sweep's cache)."""
+    folder_of = _FOLDER_OF.get(kind)
+    if folder_of is None:
+        return None
+    for run in (folder, folder.parent):
+        if folder_of(run) == folder:
+            return run
+    return None
 
 
 def check_upstream(manifest: dict[str, Any], name: str, expected_hash: str, where: Path) -> None:

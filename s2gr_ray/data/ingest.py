@@ -77,9 +77,17 @@ def read_items_jsonl(path: Path, id_field: str = "item_id") -> dict[str, dict[st
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
             raise DataError(f"{path}:{lineno}: not a JSON object ({exc.msg}); each line must be one item") from None
-        if not isinstance(obj, dict) or id_field not in obj:
+        if not isinstance(obj, dict):
+            raise DataError(f"{path}:{lineno}: not a JSON object ({type(obj).__name__}); each line must be one "
+                            f"item {{\"{id_field}\": ..., ...}}")
+        if id_field not in obj:
             raise DataError(f"{path}:{lineno}: item has no {id_field!r} field")
-        key = str(obj[id_field])
+        raw = obj[id_field]
+        if raw is None or isinstance(raw, (bool, dict, list)) or (isinstance(raw, str) and not raw.strip()):
+            shown = "null" if raw is None else json.dumps(raw)
+            raise DataError(f"{path}:{lineno}: item {id_field!r} is {shown}; every item needs a non-empty string "
+                            "or integer id")
+        key = str(raw)
         if key in out:
             raise DataError(f"{path}:{lineno}: duplicate item id {key!r}; item ids must be unique")
         out[key] = {k: category_text(v) if k == "categories" else ("" if v is None else str(v))

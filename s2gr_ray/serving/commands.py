@@ -46,9 +46,12 @@ def add_parsers(sub) -> None:
     p = sub.add_parser("evaluate", help="Recall/NDCG of RUN/model on a split via Ray Data -> RUN/eval_<split>.json")
     p.add_argument("run", type=Path)
     p.add_argument("--split", default="test", choices=("valid", "test"))
-    p.add_argument("--beam-size", type=int, default=20)
-    p.add_argument("--ks", default="5,10", help="comma-separated positive cut-offs K (default 5,10)")
-    p.add_argument("--min-history-view", type=int, default=10, help="paper view: history >= this (0 = off)")
+    run_default = "default: the run's own eval.{} (from RUN/config.yaml or RUN/metrics.json), else {}"
+    p.add_argument("--beam-size", type=int, default=None, help=run_default.format("beam_size", "20"))
+    p.add_argument("--ks", default=None, help="comma-separated positive cut-offs K; "
+                   + run_default.format("ks", "5,10"))
+    p.add_argument("--min-history-view", type=int, default=None,
+                   help="paper view: history >= this (0 = off); " + run_default.format("min_history_view", "10"))
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--max-users", type=int, default=0, help="first N users of the split (0 = all)")
     p.add_argument("--concurrency", type=int, default=1)
@@ -129,7 +132,8 @@ def run_command(args: argparse.Namespace) -> int:
         elif args.command == "evaluate":
             from s2gr_ray.serving.evaluate import evaluate_run, metric_table, parse_ks
 
-            ks = parse_ks(args.ks)
+            _check_positive(args, "beam_size")
+            ks = None if args.ks is None else parse_ks(args.ks)
             out = evaluate_run(args.run, args.split, beam_size=args.beam_size, ks=ks,
                                min_history_view=args.min_history_view, batch_size=args.batch_size,
                                max_users=args.max_users, concurrency=args.concurrency,

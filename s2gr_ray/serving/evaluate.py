@@ -7,6 +7,7 @@ exact whatever the batching. Writes RUN/eval_<split>.json and returns it.
 """
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -49,10 +50,69 @@ def parse_ks(text: str) -> list[int]:
     return ks
 
 
-def evaluate_run(run: str | Path, split: str = "test", beam_size: int = 20, ks: Sequence[int] = (5, 10),
-                 min_history_view: int = 10, batch_size: int = 256, max_users: int = 0, concurrency: int = 1,
-                 cpus_per_actor: float = 1.0, gpus_per_actor: float | None = None, ray_address: str = "",
+_METRIC_NAME = re.compile(r"(?:recall|ndcg)@(\d+)")
+
+
+def run_eval_settings(run: str | Path) -> tuple[dict[str, Any], str]:
+    """The eval.* settings (beam_size, ks, min_history_view) RUN was validated and tested with, and where they
+    come from: RUN/config.yaml (the resolved config a run saves, e.g. every sweep trial), else the cut-offs of
+    RUN/metrics.json's test metrics (beam widened to the largest of them when needed), else the defaults of
+    the eval section (`s2gr_ray.config.EvalConfig`)."""
+    from s2gr_ray.config import ConfigError, EvalConfig, config_from_dict
+
+    run = Path(run)
+    defaults = EvalConfig()
+    settings = {"beam_size": defaults.beam_size, "ks": list(defaults.ks),
+                "min_history_view": defaults.min_history_view}
+    path = run / "config.yaml"
+    if path.is_file():
+        import yaml
+
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+            if not isinstance(data, dict):
+                raise ConfigError("not a mapping of config sections")
+            ev = config_from_dict(data).eval
+        except (OSError, UnicodeDecodeError, yaml.YAMLError, ConfigError) as exc:
+            raise ValueError(f"{path}: cannot read the run's eval settings ({exc}); fix the file or pass "
+                             "--beam-size, --ks and --min-history-view") from None
+        return {"beam_size": ev.beam_size, "ks": list(ev.ks), "min_history_view": ev.min_history_view}, str(path)
+    path = run / "metrics.json"
+    if path.is_file():
+        try:
+            test = (artifacts.read_json(path) or {}).get("test") or {}
+        except (artifacts.ArtifactError, AttributeError):
+            test = {}
+        ks = sorted({int(m.group(1)) for m in map(_METRIC_NAME.fullmatch, test if isinstance(test, dict) else ())
+                     if m and int(m.group(1)) > 0})
+        if ks:
+            settings["ks"] = ks
+            settings["beam_size"] = max(settings["beam_size"], ks[-1])
+            return settings, f"{path} (cut-offs; beam size and history view: eval defaults)"
+    return settings, "eval defaults (RUN has no config.yaml or metrics.json)"
+
+
+def resolve_eval_settings(run: str | Path, beam_size: int | None, ks: Sequence[int] | None,
+                          min_history_view: int | None) -> tuple[dict[str, Any], str]:
+    """Explicit values win; each one left None comes from the run's own eval settings (`run_eval_settings`).
+    Returns the settings (ks validated as --ks) and a note of where the defaults came from ("" when none did)."""
+    given = {"beam_size": beam_size, "ks": ks, "min_history_view": min_history_view}
+    source = ""
+    if any(v is None for v in given.values()):
+        saved, source = run_eval_settings(run)
+        given = {k: saved[k] if v is None else v for k, v in given.items()}
+    given["ks"] = parse_ks(",".join(str(k) for k in given["ks"]))
+    return given, source
+
+
+def evaluate_run(run: str | Path, split: str = "test", beam_size: int | None = None,
+                 ks: Sequence[int] | None = None, min_history_view: int | None = None, batch_size: int = 256,
+                 max_users: int = 0, concurrency: int = 1, cpus_per_actor: float = 1.0,
+                 gpus_per_actor: float | None = None, ray_address: str = "",
                  log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Evaluate RUN/model on ``split``. beam_size / ks / min_history_view left None are the run's own eval.*
+    settings (RUN/config.yaml, else metrics.json's cut-offs, else the defaults 20 / 5,10 / 10), so the result
+    matches the run's metrics.json; given values win."""
     import ray.data
 
     from s2gr_ray.config import RayConfig
@@ -64,7 +124,15 @@ def evaluate_run(run: str | Path, split: str = "test", beam_size: int = 20, ks: 
 
     if split not in ("valid", "test"):
         raise ValueError(f"--split {split!r} must be valid or test")
-    ks = parse_ks(",".join(str(k) for k in ks))
+    settings, source = resolve_eval_settings(run, beam_size, ks, min_history_view)
+    beam_size, ks, min_history_view = settings["beam_size"], settings["ks"], settings["min_history_view"]
+    if source:
+        log(f"evaluate: beam {beam_size}, ks {','.join(map(str, ks))}, min history view {min_history_view} "
+            f"(unset flags from {source})")
+    if beam_size < 1:
+        raise ValueError(f"--beam-size {beam_size} must be >= 1")
+    if min_history_view < 0:
+        raise ValueError(f"--min-history-view {min_history_view} must be >= 0 (0 = off)")
     for flag, value in (("--batch-size", batch_size), ("--concurrency", concurrency)):
         if value < 1:
             raise ValueError(f"{flag} {value} must be >= 1")
@@ -94,8 +162,8 @@ def evaluate_run(run: str | Path, split: str = "test", beam_size: int = 20, ks: 
     sums = merge_sums({k: float(v) for k, v in row.items()} for row in ds.iter_rows())
     views = finalize_metrics(sums)
     out = {"split": split, **views, "beam_size": beam_size, "ks": list(ks), "min_history_view": min_history_view,
-           "max_users": max_users, "model": rec.model_hash, "seconds": round(time.time() - t0, 2),
-           "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+           "settings_from": source or "arguments", "max_users": max_users, "model": rec.model_hash,
+           "seconds": round(time.time() - t0, 2), "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
     artifacts.write_json(run / f"eval_{split}.json", out)
     log(f"evaluate: {int(views.get('all', {}).get('count', 0))} users in {out['seconds']:.1f}s; "
         f"wrote {run / f'eval_{split}.json'}")

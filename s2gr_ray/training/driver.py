@@ -16,7 +16,7 @@ from typing import Any, Callable
 import numpy as np
 
 from s2gr_ray import artifacts
-from s2gr_ray.config import Config
+from s2gr_ray.config import Config, dump_yaml
 from s2gr_ray.training import worker as worker_mod
 
 
@@ -73,7 +73,6 @@ def _tokenizer_scalars(report: dict) -> dict[str, float]:
 
 def train_stage(cfg: Config, run: Path, log: Callable[[str], None] = print, callbacks: list | None = None) -> dict:
     """Train on RUN; `callbacks` are Ray Train UserCallbacks (a sweep passes TuneReportCallback)."""
-    import ray.train
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -149,6 +148,7 @@ def train_stage(cfg: Config, run: Path, log: Callable[[str], None] = print, call
     out = metrics_json(metrics, cfg, time.time() - t0)
     out["history"] = history  # one entry per epoch: train/* loss terms, valid/* metrics
     artifacts.write_json(run / "metrics.json", out)
+    (run / "config.yaml").write_text(dump_yaml(cfg), encoding="utf-8")  # what trained it; `s2gr evaluate` reads eval.*
     return out
 
 

@@ -74,12 +74,14 @@ def test_cli_score_csv_string_histories(trained_run, recommender, test_rows, ray
 
 
 def test_cli_evaluate_reproduces_training_test_metrics(trained_run, ray_local, capsys):
-    # the run was trained with eval.beam_size=10 (conftest TINY): same weights, same beam -> same metrics
-    assert main(["evaluate", str(trained_run), "--split", "test", "--beam-size", "10", "--batch-size", "32",
+    # the run was trained with eval.beam_size=10 (conftest TINY), saved in RUN/config.yaml, which evaluate reads
+    # when --beam-size is left out: same weights, same beam -> same metrics
+    assert main(["evaluate", str(trained_run), "--split", "test", "--batch-size", "32",
                  "--concurrency", "1", "--cpus-per-actor", "0.5"]) == 0
     out = capsys.readouterr().out
     assert "| test |" in out and "recall@10" in out
     ev = json.loads((trained_run / "eval_test.json").read_text())
+    assert ev["beam_size"] == 10 and ev["settings_from"] == str(trained_run / "config.yaml")
     trained = json.loads((trained_run / "metrics.json").read_text())
     assert ev["all"]["count"] == trained["test"]["count"] == 120
     for key in ("recall@5", "ndcg@5", "recall@10", "ndcg@10"):

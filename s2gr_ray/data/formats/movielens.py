@@ -189,9 +189,16 @@ def _is_number(value) -> bool:
         return False
 
 
+def _latest_hint(path: Path, columns: list[str]) -> str:
+    """What a missing column of an ml-latest CSV is told: its names are fixed (no config key renames them)."""
+    return (f"an ml-latest {path.name} needs the header columns {', '.join(columns)} (as in the GroupLens "
+            "download); restore the original file or its header line")
+
+
 def _read_latest(folder: Path):
     movie_path, ratings_path = folder / "movies.csv", folder / "ratings.csv"
-    table = read_csv_table(movie_path, ["movieId", "title", "genres"], ["movieId", "title", "genres"])
+    movie_cols = ["movieId", "title", "genres"]
+    table = read_csv_table(movie_path, movie_cols, movie_cols, missing_hint=_latest_hint(movie_path, movie_cols))
     movies: dict[str, dict[str, str]] = {}
     for i, (movie_id, title, genres) in enumerate(zip(*(table.column(c).to_pylist()
                                                            for c in ("movieId", "title", "genres")))):
@@ -200,7 +207,7 @@ def _read_latest(folder: Path):
         genre_text = "" if genres == _NO_GENRES else " | ".join(g for g in genres.split("|") if g)
         movies[movie_id] = {k: v for k, v in {"title": title.strip(), "genres": genre_text}.items() if v}
     cols = ["userId", "movieId", "rating", "timestamp"]
-    ratings = read_csv_table(ratings_path, cols, ["userId", "movieId"])
+    ratings = read_csv_table(ratings_path, cols, ["userId", "movieId"], missing_hint=_latest_hint(ratings_path, cols))
     items = ids_as_text(ratings.column("movieId"), ratings_path, "movieId")
     unknown = np.flatnonzero(~pc.is_in(items, value_set=pa.array(list(movies), pa.string())).to_numpy(
         zero_copy_only=False))

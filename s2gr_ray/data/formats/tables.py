@@ -1,7 +1,7 @@
 """① ``data.format=tables``: an interactions table + an items table (parquet, CSV / TSV, or items JSONL).
 
 Interactions: columns ``data.user_column``, ``data.item_column`` and, optionally, ``data.time_column`` (numbers,
-ISO-8601 text, or a parquet timestamp / date). Without a time column the file order is the order: when the file
+text of numbers, ISO-8601 text (with or without a zone; none = UTC), or a parquet timestamp / date). Without a time column the file order is the order: when the file
 lacks the default ``timestamp`` column (logged), or with ``data.time_column=''``; a time column set to another
 name must exist (a misspelt name raises rather than silently using file order). Items: the id
 column ``data.item_column`` plus any text columns; ``data.text_fields`` later picks the ones to embed.
@@ -161,19 +161,28 @@ def _locate_csv_problem(path: Path, delimiter: str, num_columns: int) -> str | N
     return None
 
 
-def check_columns(path: Path, present: list[str], wanted: list[str], keys: dict[str, str]) -> None:
+def check_columns(path: Path, present: list[str], wanted: list[str], keys: dict[str, str],
+                  hint: str | None = None) -> None:
+    """Raise naming the first missing column and the columns present. ``keys``: column -> the config key that
+    names it (the error then says to set it); for a column no option names (a fixed file layout) the error
+    says which columns the file needs, or ``hint`` when given."""
     for col in wanted:
         if col not in present:
-            raise DataError(f"{path}: no column {col!r} (columns present: {', '.join(present)}); set "
-                            f"{keys.get(col, 'the column option')}=<column name>")
+            if col in keys:
+                fix = f"set {keys[col]}=<column name>"
+            else:
+                fix = hint or f"the file needs the columns {', '.join(dict.fromkeys(wanted))}"
+            raise DataError(f"{path}: no column {col!r} (columns present: {', '.join(present) or 'none'}); {fix}")
 
 
 def read_csv_table(path: Path, columns: list[str] | None, string_columns: list[str],
-                   keys: dict[str, str] | None = None, delimiter: str | None = None) -> pa.Table:
-    """Read (some columns of) a CSV with pyarrow; string_columns are kept as text; errors name the line."""
+                   keys: dict[str, str] | None = None, delimiter: str | None = None,
+                   missing_hint: str | None = None) -> pa.Table:
+    """Read (some columns of) a CSV with pyarrow; string_columns are kept as text; errors name the line.
+    ``missing_hint``: what a missing column that no config key in ``keys`` names is told (see check_columns)."""
     delimiter = delimiter or _delimiter(path)
     header = csv_header(path, delimiter)
-    check_columns(path, header, list(columns or []) + list(string_columns), keys or {})
+    check_columns(path, header, list(columns or []) + list(string_columns), keys or {}, missing_hint)
     convert = pacsv.ConvertOptions(include_columns=columns, column_types={c: pa.string() for c in string_columns},
                                    strings_can_be_null=False)
     try:
@@ -240,7 +249,8 @@ def ids_as_text(col: pa.ChunkedArray, path: Path, name: str) -> pa.ChunkedArray:
 
 def orders_from_time(col: pa.ChunkedArray, path: Path, name: str) -> np.ndarray:
     """A time column → int64 ordering key. Integers as is; parquet timestamps / dates in their own unit;
-    fractional floats ×1e6 (only the order matters); ISO-8601 text parsed. Nulls raise naming the row."""
+    fractional floats ×1e6 (only the order matters); text columns of numbers like numbers, of ISO-8601 times as
+    UTC Unix seconds (see `_orders_from_text`). Nulls raise naming the row."""
     bad = _first(pc.is_null(col))
     if bad is not None:
         raise DataError(f"{path}: {_row(path, bad)}: empty {name!r}; fill it or drop the time column "
@@ -261,18 +271,74 @@ def orders_from_time(col: pa.ChunkedArray, path: Path, name: str) -> np.ndarray:
     if pa.types.is_timestamp(t):
         return col.cast(pa.int64()).to_numpy().astype(np.int64)
     if pa.types.is_string(t) or pa.types.is_large_string(t):
-        try:
-            return col.cast(pa.timestamp("us")).cast(pa.int64()).to_numpy().astype(np.int64)
-        except pa.ArrowInvalid:
-            for i, value in enumerate(col.to_pylist()):
-                try:
-                    float(value) if value.strip().lstrip("+-").replace(".", "", 1).isdigit() \
-                        else datetime.fromisoformat(value)
-                except ValueError:
-                    raise DataError(f"{path}: {_row(path, i)}: {name!r} = {value!r} is neither a number nor an "
-                                    "ISO-8601 time; write Unix seconds or YYYY-MM-DD[ HH:MM:SS]") from None
-            raise DataError(f"{path}: column {name!r}: mixed time formats; write Unix seconds") from None
+        return _orders_from_text(col, path, name)
     raise DataError(f"{path}: column {name!r} has type {t}; a time column must hold numbers or times")
+
+
+_INT_TEXT = r"^[+-]?\d+$"
+_NUMBER_TEXT = r"^[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?$"
+# YYYY-MM-DD[(T| )HH:MM[:SS[.fff]]][Z|±HH[[:]MM]]; the date/time and the zone are matched apart
+_ISO_TEXT = (r"^(?P<base>\d{4}-\d{2}-\d{2}(?:[Tt ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?)?)"
+             r"(?P<zone>[Zz]|[+-]\d{2}(?::?\d{2})?)?$")
+
+
+def _orders_from_text(col: pa.ChunkedArray, path: Path, name: str) -> np.ndarray:
+    """A text time column (vectorized; millions of rows): all numbers ("1577836800", "1.5e9") → read as numbers;
+    all ISO-8601 ("2020-01-01", "2020-01-01 10:00:00", "2020-01-01T10:00:00.25Z", "...+02:00"; a time without
+    zone is UTC) → UTC Unix seconds (microseconds when some time has a fraction of a second: only the order
+    matters). Numbers mixed with times, or a value that is neither, raise naming the row(s)."""
+    text = pc.utf8_trim_whitespace(col)
+    is_number = pc.match_substring_regex(text, _NUMBER_TEXT)
+    is_iso = pc.match_substring_regex(text, _ISO_TEXT)
+    if pc.all(is_number).as_py():
+        if pc.all(pc.match_substring_regex(text, _INT_TEXT)).as_py():
+            try:
+                return pc.replace_substring_regex(text, r"^\+", "").cast(pa.int64()).to_numpy().astype(np.int64)
+            except pa.ArrowInvalid:  # beyond int64: take it as a float, as the number column would be
+                pass
+        return orders_from_time(text.cast(pa.float64()), path, name)
+    if pc.all(is_iso).as_py():
+        return _iso_orders(text, path, name)
+    number_row, iso_row = _first(is_number), _first(is_iso)
+    if number_row is not None and iso_row is not None:
+        raise DataError(f"{path}: column {name!r}: mixed time formats: {_row(path, number_row)} holds the number "
+                        f"{text[number_row].as_py()!r} but {_row(path, iso_row)} the ISO-8601 time "
+                        f"{text[iso_row].as_py()!r}; write one format in the whole column (Unix seconds or "
+                        "ISO-8601)")
+    bad = _first(pc.invert(pc.or_(is_number, is_iso)))
+    raise DataError(f"{path}: {_row(path, bad)}: {name!r} = {col[bad].as_py()!r} is neither a number nor an "
+                    "ISO-8601 time; write Unix seconds or YYYY-MM-DD[ HH:MM:SS][Z|+HH:MM]")
+
+
+def _iso_orders(text: pa.ChunkedArray, path: Path, name: str) -> np.ndarray:
+    """ISO-8601 text (every value matches `_ISO_TEXT`) → UTC Unix seconds, or microseconds when a value has a
+    fraction of a second."""
+    parts = pc.extract_regex(text, _ISO_TEXT)
+    base = pc.struct_field(parts, "base")
+    zone = pc.replace_substring(pc.fill_null(pc.struct_field(parts, "zone"), ""), ":", "")
+    base = pc.replace_substring_regex(base, r"(\.\d{6})\d+$", r"\1")  # past microseconds: cut (order only)
+    try:
+        micros = base.cast(pa.timestamp("us")).cast(pa.int64()).to_numpy().astype(np.int64)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):  # e.g. month 13: find the row (error path only)
+        for i, value in enumerate(base.to_pylist()):
+            try:
+                datetime.fromisoformat(value)
+            except ValueError:
+                raise DataError(f"{path}: {_row(path, i)}: {name!r} = {text[i].as_py()!r} is not a valid "
+                                "date / time") from None
+        raise DataError(f"{path}: column {name!r}: cannot read the ISO-8601 times; write Unix seconds") from None
+
+    def digits(start: int) -> np.ndarray:
+        part = pc.utf8_slice_codeunits(zone, start, start + 2)
+        return pc.if_else(pc.equal(part, ""), "0", part).cast(pa.int64()).to_numpy().astype(np.int64)
+
+    sign = np.where(pc.equal(pc.utf8_slice_codeunits(zone, 0, 1), "-").to_numpy(zero_copy_only=False), -1, 1)
+    offset_s = np.where(pc.is_in(zone, value_set=pa.array(["", "Z", "z"])).to_numpy(zero_copy_only=False),
+                        0, sign * (digits(1) * 3600 + digits(3) * 60))
+    micros = micros - offset_s * 1_000_000
+    if np.all(micros % 1_000_000 == 0):
+        return micros // 1_000_000
+    return micros
 
 
 def _text(field: str, value) -> str:
