@@ -44,10 +44,6 @@ def check_item_texts(texts: list[dict[str, str]], cfg: Config, source: str,
     empty = sum(1 for t in out if not t)
     if not empty or not out:
         return out
-    present: dict[str, None] = {}  # fields with some text, in first-seen order
-    for t in texts:
-        present.update(dict.fromkeys(k for k, v in t.items() if v and v.strip()))
-    shown = ", ".join(list(present)[:30]) + (", ..." if len(present) > 30 else "")
     if empty < len(out):
         log(f"prepare: {empty:,} of {len(out):,} items have an empty text (none of data.text_fields "
             f"{list(fields)} set)")
@@ -56,6 +52,10 @@ def check_item_texts(texts: list[dict[str, str]], cfg: Config, source: str,
         log(f"prepare: no item has text in data.text_fields {list(fields)}; not needed with embed.path = "
             f"{cfg.embed.path!r}, which does not encode texts")
         return out
+    present: dict[str, None] = {}  # fields with some text, in first-seen order
+    for t in texts:
+        present.update(dict.fromkeys(k for k, v in t.items() if v and v.strip()))
+    shown = ", ".join(list(present)[:30]) + (", ..." if len(present) > 30 else "")
     raise DataError(f"{source}: every item's text is empty: no item has text in data.text_fields = "
                     f"{list(fields)} (item fields with text: {shown or 'none besides the id'}); set "
                     "data.text_fields to the fields to embed, e.g. data.text_fields=[title,brand] (or pass "

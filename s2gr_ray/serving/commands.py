@@ -132,7 +132,6 @@ def run_command(args: argparse.Namespace) -> int:
         elif args.command == "evaluate":
             from s2gr_ray.serving.evaluate import evaluate_run, metric_table, parse_ks
 
-            _check_positive(args, "beam_size")
             ks = None if args.ks is None else parse_ks(args.ks)
             out = evaluate_run(args.run, args.split, beam_size=args.beam_size, ks=ks,
                                min_history_view=args.min_history_view, batch_size=args.batch_size,

@@ -58,7 +58,7 @@ def run_eval_settings(run: str | Path) -> tuple[dict[str, Any], str]:
     come from: RUN/config.yaml (the resolved config a run saves, e.g. every sweep trial), else the cut-offs of
     RUN/metrics.json's test metrics (beam widened to the largest of them when needed), else the defaults of
     the eval section (`s2gr_ray.config.EvalConfig`)."""
-    from s2gr_ray.config import ConfigError, EvalConfig, config_from_dict
+    from s2gr_ray.config import ConfigError, EvalConfig, config_from_dict, read_yaml_mapping
 
     run = Path(run)
     defaults = EvalConfig()
@@ -66,14 +66,12 @@ def run_eval_settings(run: str | Path) -> tuple[dict[str, Any], str]:
                 "min_history_view": defaults.min_history_view}
     path = run / "config.yaml"
     if path.is_file():
-        import yaml
-
         try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-            if not isinstance(data, dict):
-                raise ConfigError("not a mapping of config sections")
+            data = read_yaml_mapping(path, "run config")
+            if not data:  # read_yaml_mapping takes an empty file as {}: here it would hide a damaged save
+                raise ConfigError("empty, not a mapping of config sections")
             ev = config_from_dict(data).eval
-        except (OSError, UnicodeDecodeError, yaml.YAMLError, ConfigError) as exc:
+        except ConfigError as exc:
             raise ValueError(f"{path}: cannot read the run's eval settings ({exc}); fix the file or pass "
                              "--beam-size, --ks and --min-history-view") from None
         return {"beam_size": ev.beam_size, "ks": list(ev.ks), "min_history_view": ev.min_history_view}, str(path)
