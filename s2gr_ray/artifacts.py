@@ -125,14 +125,15 @@ def read_manifest(folder: Path, kind: str) -> dict[str, Any]:
     return manifest
 
 
+# artifact kind -> the stage that builds it, and its folder in a run directory
 _STAGE_OF = {"data": "prepare", "embeddings": "embed", "tokenizer": "tokenize", "model": "train"}
-_FOLDER_OF = {"data": data_dir, "embeddings": embeddings_dir, "tokenizer": tokenizer_dir, "model": model_dir}
+FOLDER_OF = {"data": data_dir, "embeddings": embeddings_dir, "tokenizer": tokenizer_dir, "model": model_dir}
 
 
 def _run_of(folder: Path, kind: str) -> Path | None:
     """The run directory whose ``kind`` artifact lives in ``folder`` (the folder itself for "data", its parent for
     the artifacts in sub-folders); None when ``folder`` is not where a run keeps that kind (e.g. a sweep's cache)."""
-    folder_of = _FOLDER_OF.get(kind)
+    folder_of = FOLDER_OF.get(kind)
     if folder_of is None:
         return None
     for run in (folder, folder.parent):

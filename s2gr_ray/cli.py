@@ -77,20 +77,24 @@ def cmd_run(cfg: Config, out: Path) -> dict:
     return metrics
 
 
-# stage -> (its artifact folder in the run directory, manifest kind, the config sections the stage hashes into the
-# manifest's config_hash — exactly as the stage computes it —, the upstream stages it is built from)
-_ARTIFACTS: dict[str, tuple[Callable[[Path], Path], str, tuple[str, ...], tuple[str, ...]]] = {
-    "prepare": (artifacts.data_dir, "data", ("data",), ()),  # data/prepare.py prepare_stage
-    "embed": (artifacts.embeddings_dir, "embeddings", ("embed",), ("prepare",)),  # data/embed.py embed_stage
-    "tokenize": (artifacts.tokenizer_dir, "tokenizer", ("tokenizer",), ("embed", "prepare")),  # tokenizer/stage.py
+# stage -> (its artifact kind (folder: artifacts.FOLDER_OF), the config sections the stage hashes into the manifest's
+# config_hash — exactly as the stage computes it —, the upstream stages it is built from)
+_ARTIFACTS: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
+    "prepare": ("data", ("data",), ()),  # data/prepare.py prepare_stage
+    "embed": ("embeddings", ("embed",), ("prepare",)),  # data/embed.py embed_stage
+    "tokenize": ("tokenizer", ("tokenizer",), ("embed", "prepare")),  # tokenizer/stage.py
 }
+
+
+def _folder(stage: str, out: Path) -> Path:
+    return artifacts.FOLDER_OF[_ARTIFACTS[stage][0]](Path(out))
 
 
 def artifact_mismatch(stage: str, cfg: Config, out: Path) -> str | None:
     """None when ``stage``'s artifact in ``out`` was built from this config and from the current upstream
     artifacts (themselves current); otherwise why not ("missing", "built from another config ...", ...)."""
-    folder_of, kind, sections, upstream = _ARTIFACTS[stage]
-    folder = folder_of(Path(out))
+    kind, sections, upstream = _ARTIFACTS[stage]
+    folder = _folder(stage, out)
     if not (folder / artifacts.MANIFEST).exists():
         return "missing"
     try:
@@ -105,7 +109,7 @@ def artifact_mismatch(stage: str, cfg: Config, out: Path) -> str | None:
         reason = artifact_mismatch(up, cfg, out)
         if reason is not None:
             return f"built on the {up} output, which is {reason}"
-        up_folder, up_kind = _ARTIFACTS[up][0](Path(out)), _ARTIFACTS[up][1]
+        up_folder, up_kind = _folder(up, out), _ARTIFACTS[up][0]
         if manifest.get("upstream", {}).get(up_kind) != artifacts.read_manifest(up_folder, up_kind).get("hash"):
             return f"built from another {up_kind} artifact than the one in {up_folder}"
     return None
@@ -118,7 +122,7 @@ def _ensure(stage: str, build: Callable[[Config, Path], dict], cfg: Config, out:
     reason = artifact_mismatch(stage, cfg, out)
     if reason is None:
         return
-    folder = _ARTIFACTS[stage][0](Path(out))
+    folder = _folder(stage, out)
     if reason == "missing":
         log(f"{folder} missing: building it first")
     else:
