@@ -12,6 +12,9 @@ Writes benchmarks/results/speed.{md,csv} and prints the table. Sections:
            also torch.compile'd (train.compile) item-token rows and their compile time (--no-compile skips them)
   decode   constrained beam search users/s at beam 20, TIGER size, S²GR vs TIGER, 12,101-item catalog, with the
            FLOP ratio; the same pair with 100-item histories (--long-history: the encoder-dominated regime)
+  beauty   the train and decode rows on Beauty's own history lengths: batches padded to their longest row, the
+           default length-chunked encoder (train.encoder_chunks, exact) and length-grouped batches
+           (train.length_grouping, opt-in); length-sorted vs random decode batches; needs Beauty
   catalog  decode users/s on 10,000 vs 1,000,000 items; trie build and residual assignment time for 1M items
   ray      Ray Data + Ray Train (1 worker, DeepSpeed) samples/s vs a bare in-process loop, same model and rows,
            over the whole epoch and after the first 20 steps (Ray Data start-up excluded); Ray Data ingest alone
@@ -22,6 +25,7 @@ counted FLOPs.
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import os
 import subprocess
@@ -149,13 +153,15 @@ def _train_step(model, opt, batch, precision: str, device) -> None:
 def _interleaved_train_rates(models: dict, batches, steps: int, precision: str, device,
                              warm: dict | None = None) -> dict[str, float]:
     """samples/s of each model's training step: 2 warm-up steps each, then `steps` timed steps per model, run in
-    ROUNDS alternating rounds so a drift of the machine's speed falls on both arms alike. `warm`, when given,
-    receives each arm's warm-up seconds (for compiled models: the compile)."""
+    ROUNDS alternating rounds so a drift of the machine's speed falls on both arms alike, cycling over the batches
+    (one list for every arm, or a dict arm -> list). `warm`, when given, receives each arm's warm-up seconds (for
+    compiled models: the compile)."""
+    per_arm = batches if isinstance(batches, dict) else dict.fromkeys(models, batches)
     opts = {arm: torch.optim.AdamW(m.parameters(), lr=1e-3) for arm, m in models.items()}
     for arm, m in models.items():
         t0 = time.perf_counter()
         for i in range(2):
-            _train_step(m, opts[arm], batches[i % 3], precision, device)
+            _train_step(m, opts[arm], per_arm[arm][i % len(per_arm[arm])], precision, device)
         _sync(device)
         if warm is not None:
             warm[arm] = time.perf_counter() - t0
@@ -167,11 +173,12 @@ def _interleaved_train_rates(models: dict, batches, steps: int, precision: str, 
             _sync(device)
             t0 = time.perf_counter()
             for i in range(n):
-                _train_step(models[arm], opts[arm], batches[(done[arm] + i) % 3], precision, device)
+                _train_step(models[arm], opts[arm], per_arm[arm][(done[arm] + i) % len(per_arm[arm])], precision,
+                            device)
             _sync(device)
             spent[arm] += time.perf_counter() - t0
             done[arm] += n
-    return {arm: done[arm] * batches[0][0].size(0) / spent[arm] for arm in models}
+    return {arm: done[arm] * per_arm[arm][0][0].size(0) / spent[arm] for arm in models}
 
 
 def _bench_compiled(args, device, label: str, size: dict, tokens: str, precision: str, sids, sizes,
@@ -266,6 +273,128 @@ def bench_catalog(args, device) -> None:
     codes, _, _ = residual_assign(x, books)
     dedup_codes(codes, True, 4096)
     record("catalog", "residual assignment + dedup, 1,000,000 items (d 32, 3x256)", time.perf_counter() - t0, "s")
+
+
+def beauty_rows(args, split: str):
+    """(item-id histories as a pyarrow list column, targets) of one split of prepared Beauty shards, or None.
+    --beauty-run names a prepared run directory; else Beauty is prepared from S2GR_BEAUTY_PATH into a temp folder
+    (once per process)."""
+    import tempfile
+
+    import pyarrow.parquet as pq
+
+    run = Path(args.beauty_run) if args.beauty_run else None
+    if run is None:
+        data = Path(os.environ.get("S2GR_BEAUTY_PATH", str(REPO.parent / "shared" / "data" / "amazon-beauty")))
+        if not (data / "sequences.txt").exists():
+            return None
+        if not getattr(args, "_beauty_prepared", None):
+            from s2gr_ray.config import load_config
+            from s2gr_ray.data.prepare import prepare_stage
+
+            work = Path(tempfile.mkdtemp(prefix="s2gr-speed-beauty-"))
+            prepare_stage(load_config(None, ["data.format=sequences", f"data.path={data}"]), work, log)
+            args._beauty_prepared = work
+        run = args._beauty_prepared
+    files = sorted((run / "sequences" / split).glob("part-*.parquet"))
+    if not files:
+        raise SystemExit(f"--beauty-run {run}: no sequences/{split}/part-*.parquet (run `s2gr prepare` there)")
+    import json
+
+    table = pq.read_table(files, columns=["user_id", "history", "target", "history_len"])
+    return table, int(json.loads((run / "manifest.json").read_text())["num_items"])
+
+
+def bench_beauty(args, device) -> None:
+    """Training and decoding on Beauty's own history lengths (training rows average 6.7 of 20 items), the same rows
+    and models three ways, timed in alternating rounds: batches padded to their longest row (20 items in nearly every
+    random batch: the cost before train.encoder_chunks); the default, rows sorted by length within each batch and
+    encoded in train.encoder_chunks blocks cut to their own widths (exact); and length-grouped batches
+    (train.length_grouping, opt-in: it changes which rows share a batch). SIDs are random codes over Beauty's item
+    count (speed does not depend on which codes)."""
+    from s2gr_ray.config import TrainConfig
+    from s2gr_ray.training.data_pipeline import (SidMapper, length_chunks, length_grouped, split_by_length,
+                                                 trim_history)
+
+    found = beauty_rows(args, "train")
+    if found is None:
+        log("beauty: skipped (no Beauty data: set S2GR_BEAUTY_PATH or pass --beauty-run)")
+        return
+    table, n_items = found
+    sids, sizes = random_catalog(n_items, SEM, dedup=True, seed=0)
+    mapper = SidMapper(sids, 20)
+    group, chunks = args.beauty_group, TrainConfig().encoder_chunks
+    rows = np.random.default_rng(0).permutation(table.num_rows)[:args.batch * group * args.beauty_groups]
+    padded = [trim_history(mapper(table.take(rows[i:i + args.batch]))) for i in range(0, len(rows), args.batch)]
+    chunked = [length_chunks(b, chunks) for b in padded]
+    grouped = [trim_history(b) for b in length_grouped(padded, group, seed=0)]
+    width = {"padded": np.mean([b["history_mask"].shape[1] for b in padded]),
+             "chunked": np.mean([np.mean(b["encoder_chunks"][:, 1]) for b in chunked]),
+             "grouped": np.mean([b["history_mask"].shape[1] for b in grouped])}
+
+    def on_device(batches):
+        return [(torch.as_tensor(b["history"], device=device).long(), torch.as_tensor(b["history_mask"], device=device),
+                 torch.as_tensor(b["target_sids"], device=device).long(),
+                 *([[tuple(c) for c in b["encoder_chunks"].tolist()]] if "encoder_chunks" in b else []))
+                for b in batches]
+
+    layouts = {"padded": on_device(padded), "chunked": on_device(chunked), "grouped": on_device(grouped)}
+    what = {"padded": "padded to the batch's longest row",
+            "chunked": f"encoder in {chunks} length-sorted row blocks (default)",
+            "grouped": f"length-grouped over {group} batches + trimmed"}
+    steps = len(padded)
+    for label, size in (("tiger-size", TIGER), ("small", SMALL)):
+        if label not in args.sizes:
+            continue
+        for tokens in args.tokens:
+            for precision in args.precisions:
+                models, batches = {}, {}
+                for arm, n_think in (("TIGER", 0), ("S2GR", 1)):
+                    torch.manual_seed(0)
+                    base = make_model(size, n_think, sizes, device, history_tokens=tokens)
+                    for lay, bs in layouts.items():
+                        models[f"{arm} {lay}"] = base if lay == "padded" else copy.deepcopy(base)
+                        batches[f"{arm} {lay}"] = bs
+                rates = _interleaved_train_rates(models, batches, steps, precision, device)
+                for arm in ("TIGER", "S2GR"):
+                    for lay in layouts:
+                        gain = rates[f"{arm} {lay}"] / rates[f"{arm} padded"]
+                        record("beauty", f"{label} {arm} tokens={tokens} {precision} {what[lay]}",
+                               rates[f"{arm} {lay}"], "samples/s",
+                               (f"batch {args.batch}, {steps} Beauty batches; " if lay == "padded" else
+                                f"{gain:.2f}x padded; ") + f"mean encoded width {width[lay]:.1f} items")
+                for lay in ("chunked", "grouped"):
+                    record("beauty", f"{label} tokens={tokens} {precision} S2GR/TIGER time, {lay}",
+                           rates[f"TIGER {lay}"] / rates[f"S2GR {lay}"], "ratio", "target <= 1.3")
+    # decoding the test users: random batches (padded to 20) against length-sorted batches, trimmed
+    test, _ = beauty_rows(args, "test")
+    users = min(args.decode_users * 4, test.num_rows)
+    pick = test.take(np.random.default_rng(1).permutation(test.num_rows)[:users])
+    bs = args.decode_batch
+    plain = [mapper(pick.slice(i, bs)) for i in range(0, users, bs)]
+    merged = mapper(pick)
+    by_length = [trim_history(b) for b in split_by_length(merged, -(-users // bs), np.random.default_rng(0))]
+    trie = PrefixTrie.from_sids(sids).to(device)
+    for arm, n_think in (("TIGER", 0), ("S2GR", 1)):
+        torch.manual_seed(0)
+        model = make_model(TIGER, n_think, sizes, device, history_tokens="code").eval()
+        rates = {}
+        for lay in ("padded", "sorted", "sorted", "padded"):  # A B B A against drift
+            parts = plain if lay == "padded" else by_length
+            constrained_beam_search(model, *on_device(parts[:1])[0][:2], trie, args.beam)  # warm-up
+            _sync(device)
+            t0 = time.perf_counter()
+            for h, m, _ in on_device(parts):
+                constrained_beam_search(model, h, m, trie, args.beam)
+            _sync(device)
+            rates[lay] = rates.get(lay, 0.0) + time.perf_counter() - t0
+        for lay in ("padded", "sorted"):
+            note = (f"{users} Beauty test users twice, batch {bs}, A B B A" if lay == "padded" else
+                    f"{rates['padded'] / rates['sorted']:.2f}x padded; length-sorted batches trimmed to their longest "
+                    "row (s2gr evaluate and the per-epoch validation do this)")
+            record("beauty", f"tiger-size {arm} tokens=code decode beam {args.beam}, "
+                   f"{'random batches padded to 20' if lay == 'padded' else 'length-sorted + trimmed'}",
+                   2 * users / rates[lay], "users/s", note)
 
 
 RAY_ENGINES = {"zero0": ("DeepSpeed ZeRO-0", ["train.zero_stage=0"]), "zero2": ("DeepSpeed ZeRO-2", ["train.zero_stage=2"]),
@@ -479,8 +608,8 @@ def write_results(args) -> None:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--sections", nargs="+", default=["train", "decode", "catalog", "ray", "memory"],
-                   choices=["train", "decode", "catalog", "ray", "memory"])
+    p.add_argument("--sections", nargs="+", default=["train", "beauty", "decode", "catalog", "ray", "memory"],
+                   choices=["train", "beauty", "decode", "catalog", "ray", "memory"])
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--tokens", nargs="+", default=["code", "item"], choices=["code", "item"],
                    help="history_tokens layouts of the train section (compiled rows: item, else the first)")
@@ -496,6 +625,10 @@ def main() -> int:
     p.add_argument("--ray-steps", type=int, default=300)
     p.add_argument("--engines", nargs="+", default=list(RAY_ENGINES), choices=list(RAY_ENGINES),
                    help="training engines of the ray section (each against the same bare loop)")
+    p.add_argument("--beauty-run", default="", help="a prepared run directory (sequences/) for the beauty section; "
+                   "default: prepare Beauty from S2GR_BEAUTY_PATH / ../shared/data/amazon-beauty")
+    p.add_argument("--beauty-group", type=int, default=8, help="train.length_grouping of the beauty section")
+    p.add_argument("--beauty-groups", type=int, default=2, help="groups of batches timed per arm (beauty section)")
     p.add_argument("--peak-tflops", type=float, default=0.0, help="the GPU's dense bf16 peak (H100 SXM: 989)")
     p.add_argument("--no-compile", dest="compile", action="store_false",
                    help="skip the torch.compile rows of the train section (each compile takes ~1 min on 2 cores)")
@@ -504,7 +637,7 @@ def main() -> int:
     p.add_argument("--code", default=str(REPO), help="a checkout whose s2gr_ray is measured (default: this one)")
     args = p.parse_args()
     if args.quick:
-        args.steps, args.decode_users, args.ray_steps = 2, 64, 20
+        args.steps, args.decode_users, args.ray_steps, args.beauty_groups = 2, 64, 20, 1
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.set_num_threads(os.cpu_count() or 1)
     torch.manual_seed(0)

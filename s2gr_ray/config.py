@@ -178,6 +178,16 @@ class TrainConfig:
     torch_threads: int = 0  # intra-op threads per worker; 0 = this node's cores / workers on it
     batch_size: int = 256  # global batch per optimizer step
     grad_accum_steps: int = 1
+    # each micro-batch's rows are sorted by history length and the encoder runs on this many row blocks, each cut to
+    # its own longest history: exact (same losses and gradients), and most padding is skipped (Beauty's training
+    # rows hold 6.7 of 20 items on average). 1 = one block padded to the batch's longest history. Not under
+    # train.compile (its graphs want fixed shapes).
+    encoder_chunks: int = 4
+    # length-grouped batching (opt-in): each run of this many shuffled micro-batches is sorted by history length and
+    # re-cut, so whole batches hold similar lengths and the decoder's cross-attention skips padding too. It changes
+    # which rows share a batch, and with it the in-batch contrastive terms (L_Align, InfoNCE): on Beauty it moved
+    # S²GR's test metrics down and TIGER's up (benchmarks/results/quality_cpu_grouped.md). 1 = off.
+    length_grouping: int = 1
     lr: float = 1e-3
     weight_decay: float = 0.01
     warmup_steps: int = 100
@@ -268,6 +278,7 @@ _POSITIVE = {
     "model.d_model", "model.num_heads", "model.d_head", "model.d_ff", "model.encoder_layers",
     "model.decoder_layers", "model.tau_align", "model.tau_infonce",
     "train.num_workers", "train.cpus_per_worker", "train.batch_size", "train.grad_accum_steps", "train.lr",
+    "train.length_grouping", "train.encoder_chunks",
     "train.max_epochs", "train.eval_every", "train.keep_checkpoints", "train.log_every",
     "eval.beam_size", "eval.batch_size",
 }

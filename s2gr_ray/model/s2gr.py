@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Any, NamedTuple, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from s2gr_ray.config import ModelConfig
@@ -115,10 +116,14 @@ class S2GR(nn.Module):
         return getattr(self, f"code_to_cluster_{level}")
 
     # ---------------------------------------------------------------------------------------------- encoder
-    def encode(self, history: Tensor, history_mask: Tensor) -> tuple[Tensor, Tensor]:
+    def encode(self, history: Tensor, history_mask: Tensor,
+               chunks: Sequence[tuple[int, int]] | None = None) -> tuple[Tensor, Tensor]:
         """history [B, T, L], history_mask [B, T] -> memory [B, M, D], memory_mask [B, M] (True = real token).
 
-        M = T * L with model.history_tokens = "code" (TIGER's layout), M = T with "item" (4x fewer encoder tokens)."""
+        M = T * L with model.history_tokens = "code" (TIGER's layout), M = T with "item" (4x fewer encoder tokens).
+        ``chunks`` [(end_row, items), ...] (rows sorted by history length, see ``length_chunks``): the encoder layers
+        run on each block of rows cut to its own longest history, and the memory is zero beyond it (masked there).
+        Exact: the same memory at every real token, for a fraction of the padded work."""
         b, t, l = history.shape
         if l != self.num_levels or t > self.max_history:
             raise ValueError(f"S2GR.encode: history {tuple(history.shape)} must be [B, T <= {self.max_history}, "
@@ -131,15 +136,27 @@ class S2GR(nn.Module):
         levels = self.level_emb(torch.arange(l, device=mask.device))  # [L, D] (a module call: ZeRO-3 safe)
         if self.cfg.history_tokens == "item":  # one token per item: the sum of its code embeddings (ours)
             x = (self.code_emb(codes) + levels).sum(2) + self.recency_emb(recency)
-            x, tok_mask = self.enc_drop(x), mask
+            x, tok_mask, per_item = self.enc_drop(x), mask, 1
         else:  # TIGER's layout: one token per SID code
             x = self.code_emb(codes) + levels + self.recency_emb(recency)[:, :, None]
             x = self.enc_drop(x.reshape(b, t * l, -1))
-            tok_mask = mask[:, :, None].expand(b, t, l).reshape(b, t * l)
+            tok_mask, per_item = mask[:, :, None].expand(b, t, l).reshape(b, t * l), l
         attn_mask = tok_mask[:, None, None, :]
-        for layer in self.encoder:
-            x = layer(x, attn_mask)
-        return self.enc_norm(x), tok_mask
+        if not chunks or len(chunks) < 2:
+            for layer in self.encoder:
+                x = layer(x, attn_mask)
+            return self.enc_norm(x), tok_mask
+        outs, start = [], 0
+        for end, items in chunks:
+            width = min(max(int(items), 1), t) * per_item
+            y = x[start:end, :width]
+            for layer in self.encoder:
+                y = layer(y, attn_mask[start:end, :, :, :width])
+            outs.append(F.pad(self.enc_norm(y), (0, 0, 0, x.size(1) - width)))
+            start = end
+        if start != b:
+            raise ValueError(f"S2GR.encode: chunks cover rows [0, {start}) of a batch of {b}")
+        return torch.cat(outs), tok_mask
 
     # ------------------------------------------------------------------------ incremental decoder (beam search)
     def new_cache(self, memory: Tensor, memory_mask: Tensor) -> DecoderCache:
@@ -212,10 +229,12 @@ class S2GR(nn.Module):
         return self.aux_decoder(self.aux_query.expand(memory.size(0), 1, -1), cache)[:, 0]
 
     # -------------------------------------------------------------------------------------------- training
-    def forward(self, history: Tensor, history_mask: Tensor, target: Tensor) -> ModelOutput:
-        """history [B, T, L] codes, history_mask [B, T] True = real item, target [B, L] -> ModelOutput."""
+    def forward(self, history: Tensor, history_mask: Tensor, target: Tensor,
+                chunks: Sequence[tuple[int, int]] | None = None) -> ModelOutput:
+        """history [B, T, L] codes, history_mask [B, T] True = real item, target [B, L] -> ModelOutput.
+        ``chunks``: see ``encode`` (an exact saving; the rows must be sorted by history length)."""
         cfg, target = self.cfg, target.long()
-        memory, mmask = self.encode(history, history_mask)
+        memory, mmask = self.encode(history, history_mask, chunks)
         tf = self.decode_teacher_forced(memory, mmask, target)
         zero = memory.new_zeros((), dtype=torch.float32)
         rec = align = info = reg = zero

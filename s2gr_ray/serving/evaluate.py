@@ -15,13 +15,14 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from s2gr_ray import artifacts
+from s2gr_ray.training.data_pipeline import EVAL_GROUP
 
 
 class EvalActor:
     """Ray Data actor: a loaded run -> metric sums of a batch of (history, history_mask, target, history_len)."""
 
     def __init__(self, run: str, beam_size: int, ks: Sequence[int], min_history_view: int, device: str = "auto",
-                 torch_threads: int = 1) -> None:
+                 torch_threads: int = 1, piece_size: int = 0) -> None:
         import torch
 
         from s2gr_ray.serving.api import Recommender
@@ -29,11 +30,19 @@ class EvalActor:
         torch.set_num_threads(max(1, int(torch_threads)))
         self.rec = Recommender.load(run, device=device)
         self.beam_size, self.ks, self.min_history_view = beam_size, tuple(ks), min_history_view
+        self.piece_size = int(piece_size)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from s2gr_ray.evaluation.evaluate import evaluate_batch
+        """Sums over the batch, searched in length-sorted pieces of ``piece_size`` users, each trimmed to its
+        longest history (the sums do not depend on which users share a piece)."""
+        from s2gr_ray.evaluation.evaluate import evaluate_batch, merge_sums
+        from s2gr_ray.training.data_pipeline import split_by_length, trim_history
 
-        sums = evaluate_batch(self.rec.model, batch, self.rec.trie, self.beam_size, self.ks, self.min_history_view)
+        n = len(batch["target"])
+        pieces = -(-n // self.piece_size) if self.piece_size else 1
+        parts = split_by_length(batch, pieces, np.random.default_rng(0))
+        sums = merge_sums(evaluate_batch(self.rec.model, trim_history(part), self.rec.trie, self.beam_size, self.ks,
+                                         self.min_history_view) for part in parts)
         return {k: np.asarray([v], dtype=np.float64) for k, v in sums.items()}
 
 
@@ -151,8 +160,9 @@ def evaluate_run(run: str | Path, split: str = "test", beam_size: int | None = N
     ray.data.DataContext.get_current().enable_progress_bars = True  # build_datasets turns them off
     ds = ds.repartition(target_num_rows_per_block=batch_size).map_batches(EvalActor, fn_constructor_kwargs={
         "run": str(run), "beam_size": beam_size, "ks": list(ks), "min_history_view": min_history_view,
-        "torch_threads": max(1, int(cpus_per_actor))},
-        compute=ray.data.ActorPoolStrategy(size=concurrency), batch_size=batch_size, batch_format="numpy",
+        "torch_threads": max(1, int(cpus_per_actor)), "piece_size": batch_size},
+        # each call takes EVAL_GROUP batches' users and searches them in length-sorted batches of batch_size
+        compute=ray.data.ActorPoolStrategy(size=concurrency), batch_size=batch_size * EVAL_GROUP, batch_format="numpy",
         zero_copy_batch=False, **res)  # writable arrays for torch.as_tensor
     log(f"evaluate: {run.name}/model on {split} (beam {beam_size}, {concurrency} actor(s), batch {batch_size}"
         f"{f', first {max_users} users' if max_users else ''})")

@@ -23,6 +23,7 @@ STATE_FILE = "train_state.json"
 BEST_FILE = "best_model.pt"
 MODEL_FILE = "model.pt"
 WARM_STEPS = 20  # train/samples_per_s_steady counts the micro-steps after these (Ray Data start-up excluded)
+COMPILED_WIDTH = 4  # a compiled step sees trimmed history widths in multiples of this (fewer shapes to compile)
 
 
 def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
@@ -32,6 +33,7 @@ def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str
         "target_sids": batch["target_sids"].to(device, torch.long),
         "target": batch["target"].to(device, torch.long),
         "history_len": batch["history_len"].to(device, torch.long),
+        **({"encoder_chunks": batch["encoder_chunks"]} if "encoder_chunks" in batch else {}),  # stays on the CPU
     }
 
 
@@ -46,10 +48,11 @@ def build_model(cfg, tok: dict[str, Any]):
 def evaluate_shard(model, shard, trie, cfg, device, batch_size: int) -> dict[str, float]:
     """Metric sums over this worker's shard (aggregation across workers happens once, in the caller)."""
     from s2gr_ray.evaluation.evaluate import evaluate_batch
+    from s2gr_ray.training.data_pipeline import EVAL_GROUP, eval_batches
 
     sums: dict[str, float] = {}
     model.eval()
-    for batch in shard.iter_torch_batches(batch_size=batch_size):
+    for batch in eval_batches(shard, batch_size, EVAL_GROUP):
         part = evaluate_batch(model, _to_device(batch, device), trie, cfg.eval.beam_size, cfg.eval.ks,
                               cfg.eval.min_history_view)
         for k, v in part.items():
@@ -112,7 +115,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     valid_shard = ray.train.get_dataset_shard("valid")
 
     def epoch_stream(epoch: int) -> EpochStream:  # starts the epoch's Ray Data stream now, in the background
-        return EpochStream(lambda: train_batches(train_shard, micro, shuffle_seed(cfg.train.seed, epoch, rank)))
+        return EpochStream(lambda: train_batches(train_shard, micro, shuffle_seed(cfg.train.seed, epoch, rank),
+                                                 group=cfg.train.length_grouping,
+                                                 multiple=COMPILED_WIDTH if cfg.train.compile else 1,
+                                                 chunks=1 if cfg.train.compile else cfg.train.encoder_chunks))
 
     state = {"epoch": 0, "best": -1.0, "best_epoch": -1, "bad_epochs": 0, "stopped_early": False, "history": []}
     ckpt = ray.train.get_checkpoint()
