@@ -48,7 +48,7 @@ def _keep_mask(like: Tensor, threshold: int) -> Tensor:
 # tensor being dropped (not just its shape) so that no compiler pass can merge the draws of two tensors of equal
 # shape into one (two draws over the same tensor would merge: the model never drops one tensor twice).
 @torch.library.custom_op("s2gr::keep_mask", mutates_args=(), device_types="cpu",
-                         tags=torch.Tag.nondeterministic_seeded)
+                         tags=(torch.Tag.nondeterministic_seeded,))  # a tuple: torch 2.11 needs an iterable
 def keep_mask(like: Tensor, threshold: int) -> Tensor:
     return _keep_mask(like, threshold)
 
