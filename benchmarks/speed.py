@@ -312,9 +312,8 @@ def bench_beauty(args, device) -> None:
     encoded in train.encoder_chunks blocks cut to their own widths (exact); and length-grouped batches
     (train.length_grouping, opt-in: it changes which rows share a batch). SIDs are random codes over Beauty's item
     count (speed does not depend on which codes)."""
-    from s2gr_ray.config import TrainConfig
-    from s2gr_ray.training.data_pipeline import (SidMapper, length_chunks, length_grouped, split_by_length,
-                                                 trim_history)
+    from s2gr_ray.training.data_pipeline import (CPU_ENCODER_CHUNKS, SidMapper, length_chunks, length_grouped,
+                                                 split_by_length, trim_history)
 
     found = beauty_rows(args, "train")
     if found is None:
@@ -323,7 +322,7 @@ def bench_beauty(args, device) -> None:
     table, n_items = found
     sids, sizes = random_catalog(n_items, SEM, dedup=True, seed=0)
     mapper = SidMapper(sids, 20)
-    group, chunks = args.beauty_group, TrainConfig().encoder_chunks
+    group, chunks = args.beauty_group, CPU_ENCODER_CHUNKS
     rows = np.random.default_rng(0).permutation(table.num_rows)[:args.batch * group * args.beauty_groups]
     padded = [trim_history(mapper(table.take(rows[i:i + args.batch]))) for i in range(0, len(rows), args.batch)]
     chunked = [length_chunks(b, chunks) for b in padded]
@@ -340,7 +339,7 @@ def bench_beauty(args, device) -> None:
 
     layouts = {"padded": on_device(padded), "chunked": on_device(chunked), "grouped": on_device(grouped)}
     what = {"padded": "padded to the batch's longest row",
-            "chunked": f"encoder in {chunks} length-sorted row blocks (default)",
+            "chunked": f"encoder in {chunks} length-sorted row blocks (CPU default)",
             "grouped": f"length-grouped over {group} batches + trimmed"}
     steps = len(padded)
     for label, size in (("tiger-size", TIGER), ("small", SMALL)):

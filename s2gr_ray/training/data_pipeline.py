@@ -19,6 +19,15 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 
 EVAL_GROUP = 8  # evaluation batches are length-grouped over this many batches (exact: sums ignore batch makeup)
+CPU_ENCODER_CHUNKS = 4  # train.encoder_chunks=0 (auto) on CPU workers; 1 on GPUs (launch-bound: more passes cost)
+
+
+def encoder_chunks(train_cfg) -> int:
+    """The row blocks of the length-chunked encoder for a TrainConfig: 1 under train.compile, else
+    train.encoder_chunks, where 0 (auto) means CPU_ENCODER_CHUNKS on CPU workers and 1 with train.use_gpu."""
+    if train_cfg.compile:
+        return 1
+    return train_cfg.encoder_chunks or (1 if train_cfg.use_gpu else CPU_ENCODER_CHUNKS)
 
 
 def pad_histories(histories, max_history: int) -> tuple[np.ndarray, np.ndarray]:

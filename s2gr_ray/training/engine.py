@@ -72,9 +72,10 @@ def _forward(model, batch: dict[str, torch.Tensor], precision: str = "fp32"):
     """The training forward; precision "amp" runs it under bf16 autocast (weights and optimizer stay fp32)."""
     device_type = batch["history"].device.type
     with torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "amp"):
-        chunks = batch.get("encoder_chunks")  # a CPU tensor (no device sync): S2GR.encode's row blocks
-        return model(batch["history"], batch["history_mask"], batch["target_sids"],
-                     chunks=None if chunks is None else [tuple(c) for c in chunks.tolist()])
+        args = (batch["history"], batch["history_mask"], batch["target_sids"])
+        if "encoder_chunks" in batch:  # a CPU tensor (no device sync): S2GR.encode's row blocks
+            return model(*args, chunks=[tuple(c) for c in batch["encoder_chunks"].tolist()])
+        return model(*args)
 
 
 class DeepSpeedEngine:

@@ -95,7 +95,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     from s2gr_ray.config import config_from_dict
     from s2gr_ray.evaluation.trie import PrefixTrie
     from s2gr_ray.training.engine import make_engine, micro_batch_size
-    from s2gr_ray.training.data_pipeline import EpochStream, shuffle_seed, train_batches
+    from s2gr_ray.training.data_pipeline import EpochStream, encoder_chunks, shuffle_seed, train_batches
 
     cfg = config_from_dict(config["cfg"])
     tok = config["tokenizer"]
@@ -118,7 +118,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         return EpochStream(lambda: train_batches(train_shard, micro, shuffle_seed(cfg.train.seed, epoch, rank),
                                                  group=cfg.train.length_grouping,
                                                  multiple=COMPILED_WIDTH if cfg.train.compile else 1,
-                                                 chunks=1 if cfg.train.compile else cfg.train.encoder_chunks))
+                                                 chunks=encoder_chunks(cfg.train)))
 
     state = {"epoch": 0, "best": -1.0, "best_epoch": -1, "bad_epochs": 0, "stopped_early": False, "history": []}
     ckpt = ray.train.get_checkpoint()

@@ -165,12 +165,18 @@ def test_chunked_encoding_leaves_losses_and_gradients_unchanged(n_think, tokens)
               torch.as_tensor(sorted_batch["target_sids"]).long(), chunks=[(4, 2), (8, 5)])
 
 
-def test_length_grouping_and_encoder_chunks_must_be_positive():
+def test_length_grouping_and_encoder_chunks_settings():
+    from s2gr_ray.training.data_pipeline import CPU_ENCODER_CHUNKS, encoder_chunks
+
     cfg = load_config(None, ["train.length_grouping=1", "train.encoder_chunks=8"])
-    assert (cfg.train.length_grouping, cfg.train.encoder_chunks) == (1, 8)
-    for key in ("train.length_grouping", "train.encoder_chunks"):
-        with pytest.raises(ConfigError, match=key):
-            load_config(None, [f"{key}=0"])
+    assert (cfg.train.length_grouping, encoder_chunks(cfg.train)) == (1, 8)
+    assert encoder_chunks(load_config(None, []).train) == CPU_ENCODER_CHUNKS > 1  # auto on CPU
+    assert encoder_chunks(load_config(None, ["train.use_gpu=true"]).train) == 1  # auto on GPU: launch-bound
+    assert encoder_chunks(load_config(None, ["train.encoder_chunks=8", "train.compile=true"]).train) == 1
+    with pytest.raises(ConfigError, match="train.length_grouping"):
+        load_config(None, ["train.length_grouping=0"])
+    with pytest.raises(ConfigError, match="train.encoder_chunks"):
+        load_config(None, ["train.encoder_chunks=-1"])
 
 
 def test_ray_data_batches_are_grouped_trimmed_and_complete(ray_session, tmp_path):
