@@ -185,3 +185,21 @@ def test_train_chain_builds_rebuilds_and_reuses(tmp_path, monkeypatch, capsys):
     capsys.readouterr()
     assert main(["train", *b, "tokenizer.num_coarse=8", "--out", str(run)]) == 0  # tokenizer key: refit only
     assert calls == ["tokenize", "train"] and "prepare:" not in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------ filters a format ignores
+@pytest.mark.parametrize("overrides,needle", [
+    (["data.kcore=5"], "data.kcore = 5 has no effect with data.format = 'synthetic'"),
+    (["data.format=sequences", "data.path=/d", "data.kcore=5"], "data.kcore = 5 has no effect .* 'sequences'"),
+    (["data.format=amazon", "data.path=/d", "data.min_rating=4"], "data.min_rating = 4.0 has no effect .* 'amazon'"),
+])
+def test_a_filter_the_format_would_ignore_fails(overrides, needle):
+    with pytest.raises(ConfigError, match=needle):
+        load_config(None, overrides)
+
+
+def test_filters_the_format_applies_are_accepted():
+    assert load_config(None, ["data.format=amazon", "data.path=/d", "data.kcore=5"]).data.kcore == 5
+    cfg = load_config(None, ["data.format=movielens", "data.path=/d", "data.kcore=5", "data.min_rating=4"])
+    assert (cfg.data.kcore, cfg.data.min_rating) == (5, 4.0)
+    assert load_config(None, ["data.format=tables", "data.path=/d", "data.kcore=2"]).data.kcore == 2
