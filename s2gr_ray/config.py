@@ -247,8 +247,8 @@ class Config:
 
     def section_hash(self, *sections: str) -> str:
         """Stable hash of the named sections (for caching artifacts by the config that built them). Keys that
-        change how a stage runs, not what it builds (RUNTIME_KEYS: logging, device, batch size of the text
-        encoder), count at their defaults: changing them reuses the artifact."""
+        change how a stage runs, not what it builds (RUNTIME_KEYS: logging, device, the text encoder's batch
+        size and cache folder), count at their defaults: changing them reuses the artifact."""
         plain = {}
         for s in sections:
             plain[s] = value = _to_plain(getattr(self, s))
@@ -263,7 +263,8 @@ class Config:
 
 
 # keys of a section that its artifact does not depend on (Config.section_hash counts them at their defaults)
-RUNTIME_KEYS: dict[str, tuple[str, ...]] = {"embed": ("batch_size", "device"), "tokenizer": ("log_every", "device")}
+RUNTIME_KEYS: dict[str, tuple[str, ...]] = {"embed": ("batch_size", "device", "cache_dir"),
+                                           "tokenizer": ("log_every", "device")}
 
 
 # ----------------------------------------------------------------------------------------- validation

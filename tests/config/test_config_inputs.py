@@ -126,10 +126,11 @@ def test_matching_upstream_is_reused_and_speed_keys_keep_working(tmp_path, capsy
     out = capsys.readouterr().out
     assert "prepare:" not in out and "reusing" in out  # the data matched: not prepared again
     assert json.loads((run / "manifest.json").read_text())["hash"] == data_hash
-    # an embed-only key (batch size) differs from the one recorded: the embed stage is asked again and reuses
+    # a runtime-only key (the text encoder's batch size) differs from the one recorded: the embeddings stay current
     cfg = load_config(None, [*TINY, "data.synthetic.num_items=30", "embed.batch_size=7"])
-    assert "built from another config" in artifact_mismatch("embed", cfg, run)
-    assert artifact_mismatch("prepare", cfg, run) is None
+    assert artifact_mismatch("embed", cfg, run) is None and artifact_mismatch("prepare", cfg, run) is None
+    other = load_config(None, [*TINY, "data.synthetic.num_items=30", "embed.normalize=false"])
+    assert "built from another config" in artifact_mismatch("embed", other, run)  # what it builds: asked again
 
 
 def test_tokenizer_is_current_only_with_its_config_and_upstream(tmp_path):
