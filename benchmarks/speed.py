@@ -390,7 +390,7 @@ def bench_beauty(args, device) -> None:
         for lay in ("padded", "sorted"):
             note = (f"{users} Beauty test users twice, batch {bs}, A B B A" if lay == "padded" else
                     f"{rates['padded'] / rates['sorted']:.2f}x padded; length-sorted batches trimmed to their longest "
-                    "row (s2gr evaluate and the per-epoch validation do this)")
+                    "row (s2gr evaluate, the per-epoch validation, recommend() and s2gr score do this)")
             record("beauty", f"tiger-size {arm} tokens=code decode beam {args.beam}, "
                    f"{'random batches padded to 20' if lay == 'padded' else 'length-sorted + trimmed'}",
                    2 * users / rates[lay], "users/s", note)

@@ -246,13 +246,25 @@ class Config:
         return _to_plain(self)
 
     def section_hash(self, *sections: str) -> str:
-        """Stable hash of the named sections (for caching artifacts by the config that built them)."""
-        blob = json.dumps({s: _to_plain(getattr(self, s)) for s in sections}, sort_keys=True)
+        """Stable hash of the named sections (for caching artifacts by the config that built them). Keys that
+        change how a stage runs, not what it builds (RUNTIME_KEYS: logging, device, the text encoder's batch
+        size and cache folder), count at their defaults: changing them reuses the artifact."""
+        plain = {}
+        for s in sections:
+            plain[s] = value = _to_plain(getattr(self, s))
+            for key in RUNTIME_KEYS.get(s, ()):
+                value[key] = _to_plain(getattr(type(getattr(self, s))(), key))
+        blob = json.dumps(plain, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     def replace(self, **overrides: Any) -> "Config":
         """Return a copy with dotted-key overrides applied and validated."""
         return apply_overrides(self, overrides)
+
+
+# keys of a section that its artifact does not depend on (Config.section_hash counts them at their defaults)
+RUNTIME_KEYS: dict[str, tuple[str, ...]] = {"embed": ("batch_size", "device", "cache_dir"),
+                                           "tokenizer": ("log_every", "device")}
 
 
 # ----------------------------------------------------------------------------------------- validation
@@ -316,6 +328,13 @@ def validate(cfg: Config) -> Config:
     if d.format != "synthetic" and not d.path:
         raise ConfigError(f"data.path is empty but data.format = {d.format!r} needs a dataset folder; "
                           "pass data.path=/path/to/dataset")
+    if d.kcore > 1 and d.format in ("synthetic", "sequences"):
+        raise ConfigError(f"data.kcore = {d.kcore} has no effect with data.format = {d.format!r}: its sequences are "
+                          "used as they are; k-core filtering applies to the amazon, movielens and tables formats "
+                          "(filter the sequences beforehand, or set data.kcore=0)")
+    if d.min_rating > 0 and d.format != "movielens":
+        raise ConfigError(f"data.min_rating = {d.min_rating} has no effect with data.format = {d.format!r}: only the "
+                          "movielens reader reads ratings (set data.min_rating=0)")
     if d.min_sequence_length < 3:
         raise ConfigError("data.min_sequence_length must be >= 3 (leave-one-out needs train, valid and test)")
     if d.synthetic.min_length > d.synthetic.max_length:

@@ -261,6 +261,9 @@ class Recommender:
                 results[i] = Recommendation([], [], [], unknown, 0, used, f"no known items: {why}")
             else:
                 todo.append(i)
+        # searched in batches of similar history lengths, each cut to its longest history (the output keeps the
+        # callers' order): a batch costs what its users' histories need instead of its longest one's
+        todo.sort(key=lambda i: min(len(resolved[i][0]), self.max_history))
         for start in range(0, len(todo), batch_size):
             rows = todo[start:start + batch_size]
             for i, rec in zip(rows, self._search([resolved[i][0] for i in rows], k, beam)):
@@ -278,6 +281,8 @@ class Recommender:
         from s2gr_ray.training.data_pipeline import pad_histories
 
         ids, mask = pad_histories(id_lists, self.max_history)  # keeps the newest max_history items
+        width = max(1, int(mask.sum(1).max()))  # every row's items stay: the model masks padding
+        ids, mask = ids[:, :width], mask[:, :width]
         ids_t = torch.from_numpy(ids).long().to(self.device)
         history = self.sid_table[ids_t]  # [B, T, L]
         res = constrained_beam_search(self.model, history, torch.from_numpy(mask).to(self.device), self.trie,

@@ -153,8 +153,11 @@ def train_stage(cfg: Config, run: Path, log: Callable[[str], None] = print, call
 
 
 def metrics_json(metrics: dict, cfg: Config, seconds: float) -> dict:
-    """Ray's flat `split/metric` keys → {"valid": {...}, "test": {...}, "test_hist10": {...}, "train": {...}}."""
-    out: dict[str, Any] = {"valid": {}, "test": {}, "test_hist10": {}}
+    """Ray's flat `split/metric` keys → {"valid": {...}, "test": {...}, "test_hist10": {...}, "train": {...}} (the
+    paper view test_hist{m}, valid_hist{m} at eval.min_history_view m; none at 0)."""
+    out: dict[str, Any] = {"valid": {}, "test": {}}
+    if cfg.eval.min_history_view:
+        out[f"test_hist{cfg.eval.min_history_view}"] = {}
     for k, v in metrics.items():
         if "/" in k:
             split, name = k.split("/", 1)

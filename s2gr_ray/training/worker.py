@@ -80,6 +80,11 @@ def metric_keys(cfg) -> list[str]:
     return keys
 
 
+def hist_split(split: str, cfg) -> str:
+    """The name of a split's paper view in reported metrics: valid_hist10, test_hist10 at eval.min_history_view 10."""
+    return f"{split}_hist{cfg.eval.min_history_view}"
+
+
 def finalize(sums: dict[str, float], cfg) -> dict[str, dict[str, float]]:
     """{"all": {...}, "hist": {...}} — the second view is the paper's (history >= eval.min_history_view)."""
     from s2gr_ray.evaluation.evaluate import finalize_metrics
@@ -234,7 +239,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         stop = cfg.train.patience and state["bad_epochs"] >= cfg.train.patience
         metrics = {"epoch": epoch + 1, "step": engine.global_step, **train_metrics,
                    **{f"valid/{k}": v for k, v in valid["all"].items()},
-                   **{f"valid_hist10/{k}": v for k, v in valid["hist"].items()},
+                   **{f"{hist_split('valid', cfg)}/{k}": v for k, v in valid["hist"].items()},
                    "valid/best": state["best"], "eval_seconds": time.time() - t_eval}
         state["history"].append({k: v for k, v in metrics.items()})
         if rank == 0:
@@ -263,11 +268,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     best_valid = state.get("best_valid") or {"all": {monitor: state["best"]}, "hist": {}}
     final = {"epoch": state["epoch"], "step": engine.global_step, "final": 1, "valid/best": state["best"],
              **{f"valid/{k}": v for k, v in best_valid["all"].items()},
-             **{f"valid_hist10/{k}": v for k, v in best_valid["hist"].items()},
+             **{f"{hist_split('valid', cfg)}/{k}": v for k, v in best_valid["hist"].items()},
              "best_epoch": state["best_epoch"] + 1,
              "train_seconds": time.time() - t_start,
              **{f"test/{k}": v for k, v in test["all"].items()},
-             **{f"test_hist10/{k}": v for k, v in test["hist"].items()}}
+             **{f"{hist_split('test', cfg)}/{k}": v for k, v in test["hist"].items()}}
     if writer:
         for k, v in final.items():
             if k.startswith("test"):

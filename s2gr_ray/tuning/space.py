@@ -197,9 +197,12 @@ def _check_metric(where: str, metric: str, base: Config) -> str:
         return "min"
     split, _, name = metric.partition("/")
     kind, _, k = name.partition("@")
-    if split not in ("valid", "valid_hist10") or kind not in ("recall", "ndcg") or not k.isdigit() \
+    view = base.eval.min_history_view
+    splits = ("valid", f"valid_hist{view}") if view else ("valid",)  # the reported names (training/worker.py)
+    if split not in splits or kind not in ("recall", "ndcg") or not k.isdigit() \
             or str(int(k)) != k or int(k) not in base.eval.ks:  # exactly the reported name: ndcg@010 never is
-        raise ConfigError(f"{where}: metric {metric!r} must be valid/recall@K, valid/ndcg@K (or valid_hist10/...) "
+        hist = f" (or valid_hist{view}/..., the users with >= eval.min_history_view = {view} items)" if view else ""
+        raise ConfigError(f"{where}: metric {metric!r} must be valid/recall@K, valid/ndcg@K{hist} "
                           f"with K in eval.ks {list(base.eval.ks)}, or train/loss; test metrics are not tuned on")
     return "max"
 

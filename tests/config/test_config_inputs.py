@@ -126,10 +126,11 @@ def test_matching_upstream_is_reused_and_speed_keys_keep_working(tmp_path, capsy
     out = capsys.readouterr().out
     assert "prepare:" not in out and "reusing" in out  # the data matched: not prepared again
     assert json.loads((run / "manifest.json").read_text())["hash"] == data_hash
-    # an embed-only key (batch size) differs from the one recorded: the embed stage is asked again and reuses
+    # a runtime-only key (the text encoder's batch size) differs from the one recorded: the embeddings stay current
     cfg = load_config(None, [*TINY, "data.synthetic.num_items=30", "embed.batch_size=7"])
-    assert "built from another config" in artifact_mismatch("embed", cfg, run)
-    assert artifact_mismatch("prepare", cfg, run) is None
+    assert artifact_mismatch("embed", cfg, run) is None and artifact_mismatch("prepare", cfg, run) is None
+    other = load_config(None, [*TINY, "data.synthetic.num_items=30", "embed.normalize=false"])
+    assert "built from another config" in artifact_mismatch("embed", other, run)  # what it builds: asked again
 
 
 def test_tokenizer_is_current_only_with_its_config_and_upstream(tmp_path):
@@ -185,3 +186,21 @@ def test_train_chain_builds_rebuilds_and_reuses(tmp_path, monkeypatch, capsys):
     capsys.readouterr()
     assert main(["train", *b, "tokenizer.num_coarse=8", "--out", str(run)]) == 0  # tokenizer key: refit only
     assert calls == ["tokenize", "train"] and "prepare:" not in capsys.readouterr().out
+
+
+# ------------------------------------------------------------------------------------ filters a format ignores
+@pytest.mark.parametrize("overrides,needle", [
+    (["data.kcore=5"], "data.kcore = 5 has no effect with data.format = 'synthetic'"),
+    (["data.format=sequences", "data.path=/d", "data.kcore=5"], "data.kcore = 5 has no effect .* 'sequences'"),
+    (["data.format=amazon", "data.path=/d", "data.min_rating=4"], "data.min_rating = 4.0 has no effect .* 'amazon'"),
+])
+def test_a_filter_the_format_would_ignore_fails(overrides, needle):
+    with pytest.raises(ConfigError, match=needle):
+        load_config(None, overrides)
+
+
+def test_filters_the_format_applies_are_accepted():
+    assert load_config(None, ["data.format=amazon", "data.path=/d", "data.kcore=5"]).data.kcore == 5
+    cfg = load_config(None, ["data.format=movielens", "data.path=/d", "data.kcore=5", "data.min_rating=4"])
+    assert (cfg.data.kcore, cfg.data.min_rating) == (5, 4.0)
+    assert load_config(None, ["data.format=tables", "data.path=/d", "data.kcore=2"]).data.kcore == 2

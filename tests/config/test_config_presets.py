@@ -82,6 +82,10 @@ def test_section_hash_is_stable_and_sensitive():
     assert a.section_hash("tokenizer") == Config().section_hash("tokenizer")
     assert a.section_hash("tokenizer") != b.section_hash("tokenizer")
     assert a.section_hash("data") == b.section_hash("data")
+    runtime = Config().replace(**{"tokenizer.log_every": 3, "tokenizer.device": "cpu", "embed.batch_size": 7,
+                                  "embed.device": "cpu", "embed.cache_dir": "/elsewhere"})
+    assert runtime.section_hash("tokenizer", "embed") == a.section_hash("tokenizer", "embed")  # RUNTIME_KEYS
+    assert runtime.tokenizer.log_every == 3  # the config itself keeps the values
 
 
 def test_valid_keys_cover_sections():

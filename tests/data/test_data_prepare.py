@@ -66,6 +66,17 @@ def test_shards_respect_rows_per_shard(tmp_path):
     assert m["splits"]["train"] == 16 and m["shards"]["train"] == 6  # 16 rows / 3 per shard
 
 
+def test_shards_depend_on_the_data_section_alone(tmp_path):
+    """The manifest hashes the data section, so the rows it describes must not change with the run's seed (a
+    prepared run is reused across seeds: each epoch's order comes from train.seed)."""
+    root = write_dataset(tmp_path / "ds", [f"u{u} 1 2 3 4 5 6 7" for u in range(4)])
+    rows = []
+    for seed in (0, 3):
+        m = prepare_stage(cfg_for(root, f"seed={seed}"), tmp_path / f"run{seed}", log=lambda s: None)
+        rows.append((m["config_hash"], pq.read_table(tmp_path / f"run{seed}" / "sequences" / "train").to_pydict()))
+    assert rows[0] == rows[1] and rows[0][1]["user_id"] != sorted(rows[0][1]["user_id"])  # one shuffled order
+
+
 @pytest.mark.parametrize("lines,needle", [
     (["u1 1 2 3", "u2 1 99 3"], "sequences.txt:2: item '99'"),
     (["u1 1 2 3", "u2"], "sequences.txt:2: user 'u2' has an empty history"),

@@ -76,6 +76,20 @@ def test_unknown_ids_are_reported_not_dropped_silently(recommender, test_rows):
         recommender.recommend([1, 2, 3])
 
 
+def test_batches_of_mixed_lengths_keep_order_and_results(recommender, test_rows):
+    """recommend() searches length-sorted batches cut to their longest history: each user gets what a search of
+    that user alone gives, in the callers' order."""
+    histories = [row["history"] for row in test_rows[:12]]
+    histories[3], histories[7] = histories[3][-1:], []  # a one-item and an empty history among the others
+    assert len({len(h) for h in histories}) > 3
+    together = recommender.recommend(histories, k=5, id_type="item_id", batch_size=4)
+    for h, res in zip(histories, together):
+        alone = recommender.recommend_one(h, k=5, id_type="item_id")
+        assert res.history == alone.history and [i.item_id for i in res.items] == [i.item_id for i in alone.items]
+        assert [i.score for i in res.items] == pytest.approx([i.score for i in alone.items], abs=1e-4)
+    assert together[7].items == [] and "empty history" in together[7].reason
+
+
 def test_long_history_keeps_the_newest_items(recommender, test_rows):
     m = recommender.max_history
     long = [(i % recommender.num_items) + 1 for i in range(m + 7)]

@@ -47,6 +47,9 @@ def test_stage_writes_artifact_and_reuses_it(run):
     logs = []
     again = tokenize_stage(cfg, run, log=logs.append)
     assert any("reusing" in line for line in logs) and again == report
+    logs.clear()  # how often the fit logs is not what it builds: still reused
+    assert tokenize_stage(load_config(None, OVERRIDES + ["tokenizer.log_every=3"]), run, log=logs.append) == report
+    assert any("reusing" in line for line in logs)
     logs.clear()
     changed = load_config(None, OVERRIDES + ["tokenizer.seed=1"])
     tokenize_stage(changed, run, log=logs.append)

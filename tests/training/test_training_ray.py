@@ -99,9 +99,13 @@ def test_early_stop_ends_the_run_and_still_tests(base_run, tmp_path):
     """patience=1 with a learning rate too small to move a weight: epoch 2 does not improve, so the run stops there
     (epoch 3's stream, started while epoch 2 validated, is left unread) and the best epoch is tested."""
     run = fresh_run(base_run, tmp_path)
-    out = train(run, "train.max_epochs=5", "train.patience=1", "train.lr=1e-30", "train.run_name=early")
+    out = train(run, "train.max_epochs=5", "train.patience=1", "train.lr=1e-30", "train.run_name=early",
+                "eval.min_history_view=7")
     assert out["train"]["epochs"] == 2 and len(out["history"]) == 2
     assert out["train"]["best_epoch"] == 1 and out["test"]["count"] == 120
+    # the paper view is named after eval.min_history_view (users with >= 7 history items here), never hist10
+    assert "test_hist10" not in out and 0 < out["test_hist7"]["count"] < out["test"]["count"]
+    assert "valid_hist7/ndcg@10" in out["history"][0] and "valid_hist10/ndcg@10" not in out["history"][0]
 
 
 def test_resume_continues_the_step_count(base_run, tmp_path, capfd):

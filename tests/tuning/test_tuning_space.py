@@ -83,6 +83,17 @@ def test_top_level_metric_and_points_are_checked(tmp_path):
     with pytest.raises(ConfigError, match="base preset"):
         load_space(write_space(tmp_path, base="nope.yaml"))
     assert load_space(write_space(tmp_path, metric="train/loss")).mode == "min"
+    assert load_space(write_space(tmp_path, metric="valid_hist10/ndcg@10")).mode == "max"
+
+
+def test_paper_view_metric_follows_min_history_view(tmp_path):
+    """Trials report the paper view as valid_hist{eval.min_history_view}: another view's name is refused."""
+    view5 = {"eval.min_history_view": 5}
+    with pytest.raises(ConfigError, match="valid_hist5/"):
+        load_space(write_space(tmp_path, metric="valid_hist10/ndcg@10", overrides=view5))
+    assert load_space(write_space(tmp_path, metric="valid_hist5/ndcg@10", overrides=view5)).mode == "max"
+    with pytest.raises(ConfigError, match="K in eval.ks"):  # no paper view at 0
+        load_space(write_space(tmp_path, metric="valid_hist0/ndcg@10", overrides={"eval.min_history_view": 0}))
 
 
 def test_cross_field_values_pass_when_some_combination_is_valid(tmp_path):
