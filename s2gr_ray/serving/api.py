@@ -263,7 +263,7 @@ class Recommender:
                 todo.append(i)
         # searched in batches of similar history lengths, each cut to its longest history (the output keeps the
         # callers' order): a batch costs what its users' histories need instead of its longest one's
-        todo.sort(key=lambda i: min(len(resolved[i][0]), self.max_history))
+        todo.sort(key=lambda i: len(resolved[i][0]))  # (also sorted by the kept length, min(length, max_history))
         for start in range(0, len(todo), batch_size):
             rows = todo[start:start + batch_size]
             for i, rec in zip(rows, self._search([resolved[i][0] for i in rows], k, beam)):
