@@ -90,6 +90,13 @@ def read_json(path: Path) -> Any:
         raise ArtifactError(f"{path} is not valid JSON ({exc}); the artifact is damaged: rebuild it") from None
 
 
+def final_metric_views(metrics: dict[str, Any]) -> list[str]:
+    """The test-time views of a metrics.json that hold numbers, in file order: valid, test and the paper view
+    (test_hist10); train timings, empty views and the per-epoch valid_hist* are left out."""
+    return [view for view, m in metrics.items() if isinstance(m, dict) and m
+            and (view in ("valid", "test") or view.startswith("test_hist"))]
+
+
 def file_hash(*paths: Path) -> str:
     h = hashlib.sha256()
     for p in paths:

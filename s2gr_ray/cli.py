@@ -132,8 +132,7 @@ def _ensure(stage: str, build: Callable[[Config, Path], dict], cfg: Config, out:
 
 
 def _print_metrics(metrics: dict, report: dict | None = None) -> None:
-    rows = [(view, m) for view, m in metrics.items()
-            if isinstance(m, dict) and m and (view in ("valid", "test") or view.startswith("test_hist"))]
+    rows = [(view, metrics[view]) for view in artifacts.final_metric_views(metrics)]
     if not rows:
         return
     keys = [k for k in rows[0][1] if "@" in k]

@@ -208,6 +208,15 @@ class TrainConfig:
     seed: int = 0
 
 
+def paper_view(min_history_view: int, split: str = "") -> str:
+    """The name of the paper's view, the users with >= ``min_history_view`` history items: "hist10" (metric keys
+    carry it as a suffix, "recall@10_hist10"), or for a split "test_hist10", "valid_hist10" (the names in
+    metrics.json, Ray reports and tuning metrics); "" when the view is off (0)."""
+    if not min_history_view:
+        return ""
+    return f"{split}_hist{min_history_view}" if split else f"hist{min_history_view}"
+
+
 @dataclass(frozen=True)
 class EvalConfig:
     """⑧ trie-constrained beam search and metrics."""

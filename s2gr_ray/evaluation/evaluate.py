@@ -12,6 +12,7 @@ from typing import Any, Iterable, Mapping
 
 import torch
 
+from s2gr_ray.config import paper_view
 from s2gr_ray.evaluation.beam_search import constrained_beam_search
 from s2gr_ray.evaluation.metrics import ndcg_at_k, recall_at_k
 from s2gr_ray.evaluation.trie import PrefixTrie
@@ -38,7 +39,7 @@ def evaluate_batch(model, batch: Mapping[str, Any], trie: PrefixTrie, beam_size:
         ranked = constrained_beam_search(model, history, mask, trie, beam_size).items
     groups = {"": torch.ones_like(target, dtype=torch.bool)}
     if min_history_view > 0:
-        groups[f"_hist{min_history_view}"] = hist_len >= min_history_view
+        groups[f"_{paper_view(min_history_view)}"] = hist_len >= min_history_view
     out: dict[str, float] = {}
     for suffix, keep in groups.items():
         out[f"count{suffix}"] = float(keep.sum())

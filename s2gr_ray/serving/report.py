@@ -69,8 +69,7 @@ def _fmt(v: Any) -> str:
 
 # ---------------------------------------------------------------------------------------------- sections
 def section_metrics(metrics: dict) -> str:
-    views = [v for v in metrics if (v in ("valid", "test") or v.startswith("test_hist"))
-             and isinstance(metrics.get(v), dict) and metrics[v]]
+    views = artifacts.final_metric_views(metrics)
     if not views:
         return '<p class="muted">metrics.json holds no final metrics.</p>'
     keys = ["count"] + [k for k in metrics[views[0]] if "@" in k]

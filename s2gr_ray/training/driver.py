@@ -16,7 +16,7 @@ from typing import Any, Callable
 import numpy as np
 
 from s2gr_ray import artifacts
-from s2gr_ray.config import Config, dump_yaml
+from s2gr_ray.config import Config, dump_yaml, paper_view
 from s2gr_ray.training import worker as worker_mod
 
 
@@ -157,7 +157,7 @@ def metrics_json(metrics: dict, cfg: Config, seconds: float) -> dict:
     paper view test_hist{m}, valid_hist{m} at eval.min_history_view m; none at 0)."""
     out: dict[str, Any] = {"valid": {}, "test": {}}
     if cfg.eval.min_history_view:
-        out[f"test_hist{cfg.eval.min_history_view}"] = {}
+        out[paper_view(cfg.eval.min_history_view, "test")] = {}
     for k, v in metrics.items():
         if "/" in k:
             split, name = k.split("/", 1)

@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from s2gr_ray.config import paper_view
+
 STATE_FILE = "train_state.json"
 BEST_FILE = "best_model.pt"
 MODEL_FILE = "model.pt"
@@ -71,7 +73,8 @@ def all_reduce_sums(sums: dict[str, float], keys: list[str]) -> dict[str, float]
 
 def metric_keys(cfg) -> list[str]:
     """The fixed key order of the metric sums all-reduced across workers."""
-    suffixes = [""] + ([f"_hist{cfg.eval.min_history_view}"] if cfg.eval.min_history_view else [])
+    view = paper_view(cfg.eval.min_history_view)
+    suffixes = [""] + ([f"_{view}"] if view else [])
     keys = []
     for sfx in suffixes:
         keys.append(f"count{sfx}")
@@ -82,7 +85,7 @@ def metric_keys(cfg) -> list[str]:
 
 def hist_split(split: str, cfg) -> str:
     """The name of a split's paper view in reported metrics: valid_hist10, test_hist10 at eval.min_history_view 10."""
-    return f"{split}_hist{cfg.eval.min_history_view}"
+    return paper_view(cfg.eval.min_history_view, split)
 
 
 def finalize(sums: dict[str, float], cfg) -> dict[str, dict[str, float]]:
@@ -90,7 +93,7 @@ def finalize(sums: dict[str, float], cfg) -> dict[str, dict[str, float]]:
     from s2gr_ray.evaluation.evaluate import finalize_metrics
 
     views = finalize_metrics(sums)
-    return {"all": views["all"], "hist": views.get(f"hist{cfg.eval.min_history_view}", {})}
+    return {"all": views["all"], "hist": views.get(paper_view(cfg.eval.min_history_view), {})}
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:

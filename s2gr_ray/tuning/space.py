@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from s2gr_ray.config import (Config, ConfigError, apply_overrides, config_from_dict, load_config, read_yaml_mapping,
-                             parse_override, valid_keys)
+                             paper_view, parse_override, valid_keys)
 
 REPO = Path(__file__).resolve().parents[2]
 KINDS = ("choice", "grid", "randint", "uniform", "loguniform")
@@ -198,10 +198,10 @@ def _check_metric(where: str, metric: str, base: Config) -> str:
     split, _, name = metric.partition("/")
     kind, _, k = name.partition("@")
     view = base.eval.min_history_view
-    splits = ("valid", f"valid_hist{view}") if view else ("valid",)  # the reported names (training/worker.py)
+    splits = ("valid", paper_view(view, "valid")) if view else ("valid",)  # the names training reports
     if split not in splits or kind not in ("recall", "ndcg") or not k.isdigit() \
             or str(int(k)) != k or int(k) not in base.eval.ks:  # exactly the reported name: ndcg@010 never is
-        hist = f" (or valid_hist{view}/..., the users with >= eval.min_history_view = {view} items)" if view else ""
+        hist = f" (or {paper_view(view, 'valid')}/..., the users with >= eval.min_history_view = {view} items)" if view else ""
         raise ConfigError(f"{where}: metric {metric!r} must be valid/recall@K, valid/ndcg@K{hist} "
                           f"with K in eval.ks {list(base.eval.ks)}, or train/loss; test metrics are not tuned on")
     return "max"

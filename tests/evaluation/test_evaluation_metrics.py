@@ -56,6 +56,34 @@ def test_evaluate_batch_sums():
     assert out["ndcg@10_hist10"] == pytest.approx(1 + 1 / math.log2(11))
     fin = finalize_metrics(out)
     assert fin["all"]["recall@10"] == pytest.approx(5 / 6) and fin["hist10"]["recall@1"] == pytest.approx(1 / 3)
-    assert model.training or True
     with pytest.raises(KeyError, match="history_len"):
         evaluate_batch(model, {"history": history, "history_mask": mask, "target": target}, trie, 10, (5,))
+
+
+@pytest.mark.parametrize("view", [7, 0])
+def test_paper_view_names_agree_from_batch_sums_to_metrics_json(view):
+    """evaluate_batch's key suffix, the all-reduced key order, the worker's finalize and the reported split names
+    all come from config.paper_view: at view 7 every stage speaks of hist7, at 0 there is no view anywhere."""
+    from s2gr_ray import artifacts
+    from s2gr_ray.config import Config, EvalConfig, paper_view
+    from s2gr_ray.training import worker
+    from s2gr_ray.training.driver import metrics_json
+
+    cfg = Config(eval=EvalConfig(ks=(5,), min_history_view=view))
+    sids, sizes = random_catalog(20, (4, 4), seed=1)
+    model = tiny_model(sizes, 2, n_think=1)
+    history = torch.as_tensor(sids)[torch.tensor([[1, 2, 3], [4, 5, 0]])]
+    batch = {"history": history, "history_mask": torch.tensor([[1, 1, 1], [1, 1, 0]], dtype=torch.bool),
+             "target": torch.tensor([3, 4]), "history_len": torch.tensor([9, 2])}
+    sums = evaluate_batch(model, batch, PrefixTrie.from_sids(sids), 5, (5,), min_history_view=view)
+    assert sorted(sums) == sorted(worker.metric_keys(cfg))
+    fin = worker.finalize(sums, cfg)
+    assert fin["all"]["count"] == 2 and fin["hist"] == ({"count": 1.0, "recall@5": fin["hist"]["recall@5"],
+                                                         "ndcg@5": fin["hist"]["ndcg@5"]} if view else {})
+    assert paper_view(view, "test") == ("test_hist7" if view else "") == (worker.hist_split("test", cfg) if view else "")
+    flat = {"valid/ndcg@5": 0.2, "test/ndcg@5": 0.1, "epoch": 3}
+    if view:
+        flat.update({"valid_hist7/ndcg@5": 0.3, "test_hist7/ndcg@5": 0.4})
+    out = metrics_json(flat, cfg, 1.0)
+    assert artifacts.final_metric_views(out) == (["valid", "test", "test_hist7"] if view else ["valid", "test"])
+    assert artifacts.final_metric_views({"valid": {}, "test": {"ndcg@5": 0.1}, "train": {"epochs": 3}}) == ["test"]
