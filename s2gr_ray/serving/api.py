@@ -278,11 +278,11 @@ class Recommender:
     @torch.no_grad()
     def _search(self, id_lists: list[list[int]], k: int, beam: int) -> list[Recommendation]:
         from s2gr_ray.evaluation.beam_search import constrained_beam_search
-        from s2gr_ray.training.data_pipeline import pad_histories
+        from s2gr_ray.training.data_pipeline import pad_histories, trim_history
 
         ids, mask = pad_histories(id_lists, self.max_history)  # keeps the newest max_history items
-        width = max(1, int(mask.sum(1).max()))  # every row's items stay: the model masks padding
-        ids, mask = ids[:, :width], mask[:, :width]
+        cut = trim_history({"history": ids, "history_mask": mask})  # to the longest row; the model masks padding
+        ids, mask = cut["history"], cut["history_mask"]
         ids_t = torch.from_numpy(ids).long().to(self.device)
         history = self.sid_table[ids_t]  # [B, T, L]
         res = constrained_beam_search(self.model, history, torch.from_numpy(mask).to(self.device), self.trie,
