@@ -34,6 +34,7 @@ def test_overrides_coerce_types():
     assert cfg.tokenizer.codebook_sizes == (8, 16)
     assert cfg.model.detach_think is True
     assert cfg.eval.ks == (1, 5, 10)
+    assert cfg.tokenizer.num_coarse == 4 and type(cfg.tokenizer.num_coarse) is int and cfg.data.path == "/x"
 
 
 def test_dataset_location_override_on_preset():

@@ -3,6 +3,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -48,12 +49,13 @@ def test_prepare_writes_shards_and_manifest(tmp_path):
     on_disk = json.loads((run / "manifest.json").read_text())
     assert on_disk["splits"] == m["splits"]
     train = pq.read_table(run / "sequences" / "train")
-    assert train.num_rows == 3 and str(train.schema.field("history").type) == "list<element: int32>" \
-        or str(train.schema.field("history").type).startswith("list<")
+    hist_type = train.schema.field("history").type
+    assert train.num_rows == 3 and pa.types.is_list(hist_type) and hist_type.value_type == pa.int32()
     test = pq.read_table(run / "sequences" / "test").to_pydict()
-    by_user = dict(zip(test["user_id"], zip(test["history"], test["target"])))
-    assert len(by_user) == 3
     items = pq.read_table(run / "items.parquet").to_pydict()
+    raw = {iid: str(r) for iid, r in zip(items["item_id"], items["raw_id"])}  # dense item id -> the file's id
+    on_file = sorted(([raw[i] for i in h], raw[t]) for h, t in zip(test["history"], test["target"]))
+    assert on_file == [(["1", "2", "3", "4"], "5"), (["3", "4", "5"], "6"), (["7", "1"], "2")]  # leave-one-out
     assert items["title"][0] == "Item & 1"  # HTML unescaped
     assert items["category"][0] == "Cat1"
     seqs = training_sequences(run)
@@ -128,6 +130,13 @@ def test_synthetic_catalog_is_deterministic_and_structured(tmp_path):
     assert a["splits"] == b["splits"] and a["num_items"] == 120
     assert (np.load(tmp_path / "a" / "item_vectors.npy") == np.load(tmp_path / "b" / "item_vectors.npy")).all()
     assert pq.read_table(tmp_path / "a" / "sequences" / "train").equals(pq.read_table(tmp_path / "b" / "sequences" / "train"))
+    # structured: items carry their planted top category, and their vectors cluster by it
+    cats = pq.read_table(tmp_path / "a" / "items.parquet").column("category").to_pylist()
+    assert len(set(cats)) == cfg.data.synthetic.num_top_categories
+    vec = np.load(tmp_path / "a" / "item_vectors.npy")
+    vec = vec / np.linalg.norm(vec, axis=1, keepdims=True)
+    same = np.equal.outer(cats, cats) & ~np.eye(len(cats), dtype=bool)
+    assert (vec @ vec.T)[same].mean() > (vec @ vec.T)[~np.equal.outer(cats, cats)].mean() + 0.5
 
 
 @pytest.mark.data

@@ -61,11 +61,11 @@ def test_grouping_keeps_every_row_once_with_full_batches_and_is_seeded():
     width = sum(trim_history(b)["history_mask"].shape[1] for b in out[:8])
     assert width < sum(trim_history(b)["history_mask"].shape[1] for b in batches[:8]) * 0.75
     again = list(length_grouped(iter(batches), 8, seed=3))
-    assert all(np.array_equal(a["user_id"], b["user_id"]) for a, b in zip(out, again))
+    assert len(again) == len(out) and all(np.array_equal(a["user_id"], b["user_id"]) for a, b in zip(out, again))
     other = list(length_grouped(iter(batches), 8, seed=4))
     assert not all(np.array_equal(a["user_id"], b["user_id"]) for a, b in zip(out, other))
     plain = list(length_grouped(iter(batches), 1, seed=3))
-    assert all(a is b for a, b in zip(plain, batches))
+    assert len(plain) == len(batches) and all(a is b for a, b in zip(plain, batches))
 
 
 def test_split_by_length_sorts_into_bands():
@@ -109,6 +109,7 @@ def test_trimming_leaves_losses_gradients_and_beams_unchanged(n_think, tokens):
     assert terms_a.keys() == terms_b.keys()
     for k in terms_a:
         assert terms_a[k] == pytest.approx(terms_b[k], rel=1e-5, abs=1e-6), k
+    assert len(grads_a) == len(grads_b) == sum(1 for _ in model.parameters())  # every weight gets a gradient
     assert all(torch.allclose(a, b, rtol=1e-4, atol=1e-6) for a, b in zip(grads_a, grads_b))
     trie = PrefixTrie.from_sids(sids)
     full = constrained_beam_search(model, torch.as_tensor(batch["history"]).long(),

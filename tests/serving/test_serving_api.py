@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from s2gr_ray.cli import main
+from s2gr_ray.serving.api import ServingError
 
 pytestmark = [pytest.mark.ray, pytest.mark.deepspeed]  # the shared run is trained with Ray Train + DeepSpeed
 
@@ -72,7 +73,7 @@ def test_unknown_ids_are_reported_not_dropped_silently(recommender, test_rows):
     none_known, empty = recommender.recommend([["NOPE"], []], k=5)
     assert none_known.items == [] and none_known.unknown == ["NOPE"] and "no known items" in none_known.reason
     assert empty.items == [] and "empty history" in empty.reason
-    with pytest.raises(Exception, match="list of histories"):
+    with pytest.raises(ServingError, match="list of histories"):
         recommender.recommend([1, 2, 3])
 
 

@@ -11,6 +11,7 @@ import pytest
 
 from s2gr_ray import artifacts
 from s2gr_ray.config import dump_yaml, load_config
+from s2gr_ray.serving.api import ServingError
 from s2gr_ray.serving.commands import add_parsers, run_command
 from s2gr_ray.serving.evaluate import resolve_eval_settings, run_eval_settings
 
@@ -83,9 +84,8 @@ def test_evaluate_run_uses_the_runs_settings(tmp_path):
 
     run = _run_with_config(tmp_path)
     logs: list[str] = []
-    with pytest.raises(Exception) as err:
+    with pytest.raises(ServingError, match=r"no trained model in .*model\.pt missing"):
         evaluate_run(run, "test", log=logs.append)
-    assert "model" in str(err.value) or "manifest" in str(err.value)
     assert any("beam 7, ks 3,7, min history view 4" in line and "config.yaml" in line for line in logs), logs
 
 

@@ -37,6 +37,7 @@ def test_concurrent_requests_fit_one_tokenizer_once(data_run, tmp_path):
     for t in threads:
         t.join()
     builds = [json.loads(l) for l in (cache / "builds.jsonl").read_text().splitlines()]
+    assert len(got) == 3, "a concurrent build_tokenizer call raised (see the thread exception above)"
     assert len(set(got)) == 1 and Path(got[0]).name == tokenizer_hash(cfg) and len(builds) == 1
     other = trial_config(spec.base, {"tokenizer.codebook_sizes": [16, 16]})
     assert Path(build_tokenizer(other.to_dict(), str(run), str(cache))).name == tokenizer_hash(other)

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from s2gr_ray.config import load_config
+from s2gr_ray.config import ConfigError, load_config
 from s2gr_ray.tuning.space import load_space, trial_config
 
 pytestmark = [pytest.mark.ray, pytest.mark.deepspeed, pytest.mark.slow]
@@ -129,5 +129,5 @@ def test_rerun_resumes_the_finished_sweep(sweep, space):
 
     assert key(again["rows"]) == key(first["rows"]) and all(r["params"] for r in again["rows"])
     assert len(pd.read_csv(out / "trials.csv").dropna(subset=[CB, NT, MD])) == 4
-    with pytest.raises(Exception, match="another space"):
+    with pytest.raises(ConfigError, match="another space"):
         tune_command(space, ["train.lr=0.001"], out, log=lines.append)
