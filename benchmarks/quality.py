@@ -6,8 +6,9 @@
 
 Every arm runs the real pipeline (tokenize → Ray Train with DeepSpeed → constrained beam search) on one shared
 prepare + embed of the dataset; tokenizers are shared between arms with the same tokenizer config. Each arm trains
-until validation NDCG@10 stops improving (early stopping, `train.patience`), the best epoch is evaluated on the test
-split. Model selection uses validation only. Writes benchmarks/results/quality_<scale>.{csv,md} and prints the table.
+to convergence: the preset's cosine schedule (20 epochs at CPU scale), stopped early when validation NDCG@10 has
+not improved for `train.patience` epochs; the best epoch is evaluated on the test split. Model selection uses
+validation only. Writes benchmarks/results/quality_<scale>.{csv,md} and prints the table.
 """
 from __future__ import annotations
 

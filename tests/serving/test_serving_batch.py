@@ -87,5 +87,7 @@ def test_cli_evaluate_reproduces_training_test_metrics(trained_run, ray_local, c
     for key in ("recall@5", "ndcg@5", "recall@10", "ndcg@10"):
         assert ev["all"][key] == pytest.approx(trained["test"][key], abs=1e-6), key
         assert ev["hist10"][key] == pytest.approx(trained["test_hist10"][key], abs=1e-6), key
-    with pytest.raises(SystemExit):  # argparse refuses a split that is not valid/test
+    with pytest.raises(SystemExit) as exc:  # argparse refuses a split that is not valid/test: usage error, code 2
         main(["evaluate", str(trained_run), "--split", "train"])
+    assert exc.value.code == 2
+    assert "invalid choice: 'train'" in capsys.readouterr().err
