@@ -7,8 +7,9 @@
 Inference is the trie-constrained beam search of S2GR.md "Inference" (no invalid item can be returned); each
 thinking vector is read back as its nearest coarse cluster (cosine via the align projection), labelled by the
 catalog items of that cluster (labels.py). Id resolution: ``id_type="item_id"`` (dense ids 1..N), ``"raw_id"``
-(the dataset's original ids) or ``"auto"`` (per history, the reading under which more ids are known; ties go
-to raw ids). Unknown ids are reported in ``Recommendation.unknown``, never silently dropped. A history without
+(the dataset's original ids) or ``"auto"`` (per history, the reading under which more ids are known; when
+both readings know as many ids but name different items, as with numeric raw ids, the history is *ambiguous*: an
+empty result whose ``reason`` asks for an explicit id_type). Unknown ids are reported in ``Recommendation.unknown``, never silently dropped. A history without
 a single known item gives an *empty* result whose ``reason`` says why (so batch scoring never dies on one bad
 user). Histories longer than the model's max_history keep the newest items (``truncated`` counts the dropped).
 
@@ -30,6 +31,7 @@ from s2gr_ray.serving.labels import ClusterLabel, cluster_labels
 
 DEFAULT_BEAM = 20  # EvalConfig.beam_size's default; the beam is never narrower than k
 ID_TYPES = ("auto", "item_id", "raw_id")
+AMBIGUOUS = "ambiguous"  # Recommendation.id_type of a history that id_type="auto" could not read either way
 _SPLIT = re.compile(r"[\s,]+")
 _QUOTES = "'\""
 
@@ -91,9 +93,16 @@ def _device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(device)
+        dev = torch.device(device)
     except RuntimeError as exc:
         raise ServingError(f"device {device!r} is not a torch device ({exc}); use auto, cpu or cuda") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ServingError(f"device {device!r}: this torch has no usable CUDA device (torch {torch.__version__}); "
+                           "use --device auto or cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise ServingError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s) here; use cuda:0 "
+                           "or auto")
+    return dev
 
 
 def _read_catalog(run: Path, num_items: int) -> dict[str, list]:
@@ -226,15 +235,21 @@ class Recommender:
         return value if 1 <= value <= self.num_items else None
 
     def resolve(self, history: Any, id_type: str = "auto") -> tuple[list[int], list[str], str]:
-        """One history (ids, or a string of ids: see history_tokens) -> (item ids, unknown ids, id_type used)."""
+        """One history (ids, or a string of ids: see history_tokens) -> (item ids, unknown ids, id_type used).
+
+        id_type "auto" reads the history the way under which more of its ids are known. When both readings know
+        as many ids but map them to different items (numeric raw ids, e.g. MovieLens movie ids), nothing is
+        guessed: the result is ([], [], "ambiguous") and ``recommend`` says to pass an explicit id_type."""
         if id_type not in ID_TYPES:
             raise ServingError(f"id_type = {id_type!r} must be one of {', '.join(ID_TYPES)}")
         tokens = history_tokens(history)
         as_item = [self._item_id(t) for t in tokens]
         as_raw = [self.raw_to_item.get(str(t).strip()) for t in tokens]
         if id_type == "auto":
-            known_raw = sum(i is not None for i in as_raw)
-            id_type = "raw_id" if known_raw >= sum(i is not None for i in as_item) else "item_id"
+            known_raw, known_item = sum(i is not None for i in as_raw), sum(i is not None for i in as_item)
+            if known_raw == known_item and known_raw and as_raw != as_item:
+                return [], [], AMBIGUOUS
+            id_type = "raw_id" if known_raw >= known_item else "item_id"
         ids = as_raw if id_type == "raw_id" else as_item
         return [i for i in ids if i is not None], [str(t) for t, i in zip(tokens, ids) if i is None], id_type
 
@@ -256,7 +271,11 @@ class Recommender:
         results: list[Recommendation | None] = [None] * len(resolved)
         todo = []
         for i, (ids, unknown, used) in enumerate(resolved):
-            if not ids:
+            if used == AMBIGUOUS:
+                results[i] = Recommendation([], [], [], [], 0, used, "ambiguous ids: read as dense item ids and as the "
+                                            "dataset's raw ids they name as many known items, but different ones; "
+                                            "pass id_type='item_id' or 'raw_id' (--id-type)")
+            elif not ids:
                 why = "empty history" if not unknown else f"none of the {len(unknown)} history ids is in the catalog"
                 results[i] = Recommendation([], [], [], unknown, 0, used, f"no known items: {why}")
             else:

@@ -12,6 +12,10 @@ import time
 from pathlib import Path
 
 COMMANDS = ("recommend", "score", "evaluate", "report")
+ID_HELP = ("how history ids are read: item_id (dense ids 1..N of RUN), raw_id (the dataset's own ids) or auto (per "
+           "history, the reading that knows more ids; a history that both readings know equally well but as "
+           "different items gets no items and the reason 'ambiguous ids')")
+BEAM_HELP = "beam width; never below --k (default max(k, 20))"
 
 
 def log(msg: str) -> None:
@@ -26,20 +30,22 @@ def add_parsers(sub) -> None:
     p.add_argument("--history", action="append", required=True,
                    help='"id id id" oldest first (repeat the flag for several users)')
     p.add_argument("--k", type=int, default=10)
-    p.add_argument("--id-type", default="auto", choices=("auto", "item_id", "raw_id"))
-    p.add_argument("--beam-size", type=int, default=None, help="beam width (default max(k, 20))")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--id-type", default="auto", choices=("auto", "item_id", "raw_id"), help=ID_HELP)
+    p.add_argument("--beam-size", type=int, default=None, help=BEAM_HELP)
+    p.add_argument("--device", default="auto", help="auto (CUDA when available, else CPU), cpu, cuda or cuda:N")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
     p = sub.add_parser("score", help="batch top-K for a users file on Ray Data (parquet shards)")
     p.add_argument("run", type=Path)
     p.add_argument("--users", required=True, help="parquet/CSV with user_id and history (list or 'id id id')")
-    p.add_argument("--out", required=True, help="output folder of parquet shards (replaced atomically)")
+    p.add_argument("--out", required=True, help="output folder of parquet shards: a new or empty folder, or an "
+                   "earlier score output (replaced atomically, and only when some user got items); a remote "
+                   "URI (s3://...) must not exist yet")
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--concurrency", type=int, default=None, help="actors (default: min(4, cores / 2))")
-    p.add_argument("--id-type", default="auto", choices=("auto", "item_id", "raw_id"))
-    p.add_argument("--beam-size", type=int, default=None)
+    p.add_argument("--id-type", default="auto", choices=("auto", "item_id", "raw_id"), help=ID_HELP)
+    p.add_argument("--beam-size", type=int, default=None, help=BEAM_HELP)
     p.add_argument("--rows-per-file", type=int, default=50_000, help="users per output shard (about)")
     _ray_args(p)
 
@@ -53,15 +59,16 @@ def add_parsers(sub) -> None:
     p.add_argument("--min-history-view", type=int, default=None,
                    help="paper view: history >= this (0 = off); " + run_default.format("min_history_view", "10"))
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--max-users", type=int, default=0, help="first N users of the split (0 = all)")
+    p.add_argument("--max-users", type=int, default=0, help="first N users of the split (0 = all); written to "
+                   "RUN/eval_<split>_first<N>.json, so a full result is never replaced by a partial one")
     p.add_argument("--concurrency", type=int, default=1)
     p.add_argument("--json", action="store_true")
     _ray_args(p)
 
     p = sub.add_parser("report", help="self-contained HTML report of a run -> RUN/report.html")
     p.add_argument("run", type=Path)
-    p.add_argument("--users", type=int, default=5, help="example test users shown")
-    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--users", type=int, default=5, help="example test users shown (0 = none)")
+    p.add_argument("--k", type=int, default=10, help="items shown per example user")
     p.add_argument("--out", type=Path, default=None, help="default RUN/report.html")
 
 
@@ -117,8 +124,9 @@ def run_command(args: argparse.Namespace) -> int:
                 for r in results:
                     print_recommendation(r, args.k)
             if any(not r.items for r in results):
+                reasons = sorted({r.reason for r in results if not r.items})
                 print(f"s2gr recommend: error: {sum(not r.items for r in results)} history(ies) gave no "
-                      "recommendations (no known items); see 'unknown'", file=sys.stderr)
+                      f"recommendations: {'; '.join(reasons)}", file=sys.stderr)
                 return 2
         elif args.command == "score":
             from s2gr_ray.serving.score import default_concurrency, score_users
@@ -142,8 +150,13 @@ def run_command(args: argparse.Namespace) -> int:
         elif args.command == "report":
             from s2gr_ray.serving.report import build_report
 
+            _check_positive(args, "k")
+            if args.users < 0:
+                raise ValueError(f"--users {args.users} must be >= 0 (the number of example users shown)")
             build_report(args.run, num_users=args.users, k=args.k, out=args.out, log=log)
         return 0
-    except (ServingError, ArtifactError, ValueError, RuntimeError, FileNotFoundError) as exc:
-        print(f"s2gr {args.command}: error: {exc}", file=sys.stderr)
+    except (ServingError, ArtifactError, ValueError, RuntimeError, OSError) as exc:
+        from s2gr_ray.cli import _error_text
+
+        print(f"s2gr {args.command}: error: {_error_text(exc)}", file=sys.stderr)
         return 2

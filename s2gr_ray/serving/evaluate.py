@@ -131,6 +131,7 @@ def evaluate_run(run: str | Path, split: str = "test", beam_size: int | None = N
 
     if split not in ("valid", "test"):
         raise ValueError(f"--split {split!r} must be valid or test")
+    ks_given = ks is not None
     settings, source = resolve_eval_settings(run, beam_size, ks, min_history_view)
     beam_size, ks, min_history_view = settings["beam_size"], settings["ks"], settings["min_history_view"]
     if source:
@@ -146,7 +147,9 @@ def evaluate_run(run: str | Path, split: str = "test", beam_size: int | None = N
     if max_users < 0:
         raise ValueError(f"--max-users {max_users} must be >= 0 (0 = every user of the split)")
     if beam_size < max(ks):
-        raise ValueError(f"--beam-size {beam_size} must be >= the largest K of --ks ({max(ks)})")
+        where = "--ks" if ks_given else f"eval.ks from {source}" if source else "the default --ks 5,10"
+        raise ValueError(f"--beam-size {beam_size} must be >= the largest cut-off K ({max(ks)}, {where}); raise "
+                         "--beam-size or pass --ks with smaller cut-offs")
     run = Path(run).resolve()
     rec = Recommender.load(run, device="cpu")  # fail fast on a bad run; gives the SID table for the shards
     data_manifest = artifacts.read_manifest(run, "data")
@@ -172,9 +175,10 @@ def evaluate_run(run: str | Path, split: str = "test", beam_size: int | None = N
     out = {"split": split, **views, "beam_size": beam_size, "ks": list(ks), "min_history_view": min_history_view,
            "settings_from": source or "arguments", "max_users": max_users, "model": rec.model_hash,
            "seconds": round(time.time() - t0, 2), "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    artifacts.write_json(run / f"eval_{split}.json", out)
-    log(f"evaluate: {int(views.get('all', {}).get('count', 0))} users in {out['seconds']:.1f}s; "
-        f"wrote {run / f'eval_{split}.json'}")
+    # a partial evaluation (--max-users) gets its own file: it never replaces the full split's eval_<split>.json
+    path = run / (f"eval_{split}_first{max_users}.json" if max_users else f"eval_{split}.json")
+    artifacts.write_json(path, out)
+    log(f"evaluate: {int(views.get('all', {}).get('count', 0))} users in {out['seconds']:.1f}s; wrote {path}")
     return out
 
 

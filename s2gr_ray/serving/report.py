@@ -170,6 +170,11 @@ def build_report(run: str | Path, num_users: int = 5, k: int = 10, out: str | Pa
     from s2gr_ray.tokenizer.sid import SIDTokenizer
 
     run = Path(run).resolve()
+    path = Path(out) if out else run / "report.html"
+    if path.is_dir():
+        raise ValueError(f"--out {path} is a folder; give the page's file name, e.g. {path / 'report.html'}")
+    if not path.parent.is_dir():
+        raise ValueError(f"--out {path}: the folder {path.parent} does not exist; create it or choose another path")
     tokenizer = SIDTokenizer.load(artifacts.tokenizer_dir(run))
     metrics = artifacts.read_json(run / "metrics.json") if (run / "metrics.json").exists() else {}
     rec = Recommender.load(run, device="cpu")
@@ -195,9 +200,11 @@ def build_report(run: str | Path, num_users: int = 5, k: int = 10, out: str | Pa
             f'{_e(manifest.get("num_items", "?"))} items, {_e(manifest.get("num_users", "?"))} users — '
             f'generated {time.strftime("%Y-%m-%d %H:%M:%S")}</p>\n'
             + "\n".join(body) + "\n</body></html>\n")
-    path = Path(out) if out else run / "report.html"
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(page, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     log(f"report: wrote {path} ({len(page) / 1024:.0f} KiB)")
     return path

@@ -5,13 +5,20 @@ Input: parquet or CSV with columns ``user_id`` and ``history`` (a list of ids, o
 Ray Data streams the file through ``map_batches`` over an actor pool; each actor holds one loaded
 `Recommender` (model + trie + catalog, loaded once per actor) and runs the same `Recommender.recommend` as the
 Python API, so the two give identical results. Output: parquet shards with user_id, items list<int32>,
-raw_ids list<string>, scores list<float32>, unknown list<string> (history ids not in the catalog) and reason
-(why a user got no items, else null). Memory stays bounded: Ray Data streams blocks with backpressure and the
-actors write shards as they go. On a cluster (RAY_ADDRESS / --ray-address) RUN, --users and --out must be on
-storage every node sees; the code path is the same (s2gr_ray.training.ray_env.init_ray).
+raw_ids list<string>, scores list<float32>, unknown list<string> (history ids not in the catalog), id_type (how
+the history was read: item_id, raw_id, or ambiguous under --id-type auto) and reason (why a user got no items,
+else null). Memory stays bounded: Ray Data streams blocks with backpressure and the actors write shards as they
+go. On a cluster (RAY_ADDRESS / --ray-address) RUN, --users and --out must be on storage every node sees; the code
+path is the same (s2gr_ray.training.ray_env.init_ray).
+
+A local --out is written beside itself and swapped in when complete, with a marker file (MARKER) that lets a later
+`s2gr score` replace it; a folder without the marker is never replaced. Nothing is swapped in when every user got
+no items (e.g. the wrong --id-type): the earlier output stays. A remote --out (s3://, gs://, ...) must not exist
+yet (remote stores cannot swap folders; the job fails before writing if it does).
 """
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -21,7 +28,9 @@ import pyarrow as pa
 
 from s2gr_ray import artifacts
 
-OUTPUT_SCHEMA_NOTE = "user_id, items list<int32>, raw_ids list<string>, scores list<float32>, unknown, reason"
+OUTPUT_SCHEMA_NOTE = ("user_id, items list<int32>, raw_ids list<string>, scores list<float32>, unknown, id_type, "
+                      "reason")
+MARKER = "_s2gr_scores.json"  # in every local score output (pyarrow and Ray Data skip files starting with "_")
 
 
 class ScoringActor:
@@ -60,6 +69,7 @@ def results_table(user_ids, recs) -> pa.Table:
         "raw_ids": pa.array([[i.raw_id for i in r.items] for r in recs], pa.list_(pa.string())),
         "scores": pa.array([[i.score for i in r.items] for r in recs], pa.list_(pa.float32())),
         "unknown": pa.array([r.unknown for r in recs], pa.list_(pa.string())),
+        "id_type": pa.array([r.id_type for r in recs], pa.string()),
         "reason": pa.array([r.reason for r in recs], pa.string()),
     })
 
@@ -107,7 +117,7 @@ def score_users(run: str | Path, users: str | Path, out: str | Path, k: int = 10
     import ray.data
 
     from s2gr_ray.config import RayConfig
-    from s2gr_ray.serving.api import ID_TYPES, Recommender
+    from s2gr_ray.serving.api import ID_TYPES, Recommender, ServingError
     from s2gr_ray.training.ray_env import init_ray
 
     if id_type not in ID_TYPES:
@@ -133,29 +143,55 @@ def score_users(run: str | Path, users: str | Path, out: str | Path, k: int = 10
         f"each), batch {batch_size}, top-{k}")
     t0 = time.time()
     out_text = str(out)
-    if "://" in out_text:
-        ds.write_parquet(out_text, min_rows_per_file=rows_per_file)
+    empty: dict[str, Any] = {"users": None}
+    if "://" in out_text:  # SaveMode.ERROR: a remote prefix that exists already is refused, never appended to
+        from ray.data import SaveMode
+
+        ds.write_parquet(out_text, min_rows_per_file=rows_per_file, mode=SaveMode.ERROR)
         rows = None
     else:
         with artifacts.atomic_dir(Path(out_text)) as tmp:
             ds.write_parquet(str(tmp), min_rows_per_file=rows_per_file)
-            import pyarrow.parquet as pq
-
-            files = sorted(p for p in tmp.rglob("*.parquet"))
-            rows = sum(pq.ParquetFile(p).metadata.num_rows for p in files)
+            rows, empty = _count_outcomes(sorted(tmp.rglob("*.parquet")))
+            if rows and empty["users"] == rows:
+                raise ServingError(f"none of the {rows} users got recommendations ({empty['reason']}); {out_text} "
+                                   "was left as it was. Check --id-type and that the users file belongs to this "
+                                   "run's dataset")
+            (tmp / MARKER).write_text(json.dumps({
+                "run": str(run), "users_file": str(users), "users": rows, "users_without_items": empty["users"],
+                "k": k, "id_type": id_type, "beam_size": beam_size, "columns": OUTPUT_SCHEMA_NOTE,
+                "written": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}, indent=1))
     seconds = time.time() - t0
-    summary = {"out": out_text, "users": rows, "seconds": round(seconds, 2), "k": k, "concurrency": concurrency,
-               "columns": OUTPUT_SCHEMA_NOTE}
+    summary = {"out": out_text, "users": rows, "users_without_items": empty["users"], "seconds": round(seconds, 2),
+               "k": k, "concurrency": concurrency, "columns": OUTPUT_SCHEMA_NOTE}
     log(f"score: wrote {rows if rows is not None else '?'} users in {seconds:.1f}s "
         f"({(rows or 0) / max(seconds, 1e-9):,.0f} users/s) to {out_text}")
+    if empty["users"]:
+        log(f"score: {empty['users']} of {rows} users got no items (column reason; e.g. {empty['reason']})")
     return summary
+
+
+def _count_outcomes(files: list[Path]) -> tuple[int, dict[str, Any]]:
+    """(rows, {"users": rows without items, "reason": the first such row's reason}) of written score shards."""
+    import pyarrow.parquet as pq
+
+    rows, empty, example = 0, 0, None
+    for path in files:
+        reason = pq.read_table(path, columns=["reason"]).column("reason")
+        rows += len(reason)
+        known = reason.drop_null()
+        empty += len(known)
+        if example is None and len(known):
+            example = known[0].as_py()
+    return rows, {"users": empty, "reason": example}
 
 
 def _check_out(out: str, run: Path, users: str = "") -> None:
     """The output folder is replaced as a whole: refuse the run directory, anything inside it or around it, the
-    --users input (or a folder holding it, or inside it), and a folder that holds anything but earlier score
-    shards."""
+    --users input (or a folder holding it, or inside it), a file, and a non-empty folder that is not an earlier
+    score output (no MARKER). A remote --out must not exist (write_parquet's SaveMode.ERROR enforces it too)."""
     if "://" in out:
+        _check_remote_out(out)
         return
     path = Path(out).resolve()
     if path == run or path in run.parents:
@@ -163,12 +199,6 @@ def _check_out(out: str, run: Path, users: str = "") -> None:
     if run in path.parents:
         raise ValueError(f"--out {out} is inside the run directory {run} and would replace that folder (e.g. a "
                          "sequence split); write the scores to a folder outside the run directory")
-    if path.exists():
-        other = [p.name for p in path.iterdir()] if path.is_dir() else [path.name]
-        other = [n for n in other if not n.endswith(".parquet")]
-        if other:
-            raise ValueError(f"--out {out} exists and holds {other[:3]} (not score shards); the output folder is "
-                             "replaced as a whole, so choose a new or empty folder")
     if users and "://" not in users:
         src = Path(users).resolve()
         how = ("is" if path == src else "holds" if path in src.parents else
@@ -176,6 +206,27 @@ def _check_out(out: str, run: Path, users: str = "") -> None:
         if how:
             raise ValueError(f"--out {out} {how} the --users input {users}; the output folder is replaced as a "
                              "whole, which would destroy the users file(s): write the scores to a separate folder")
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"--out {out} is a file; --out is a folder of parquet shards: choose a new folder")
+    if path.is_dir() and any(path.iterdir()) and not (path / MARKER).exists():
+        shown = sorted(p.name for p in path.iterdir())[:3]
+        raise ValueError(f"--out {out} exists and is not an earlier `s2gr score` output (it holds {shown} and no "
+                         f"{MARKER}); the output folder is replaced as a whole, so choose a new or empty folder")
+
+
+def _check_remote_out(out: str) -> None:
+    """Refuse a remote --out that exists: there is no atomic swap on object stores, and appending would mix the
+    new shards with the old ones. Unreachable storage is left to the write itself to report."""
+    from pyarrow import fs
+
+    try:
+        filesystem, path = fs.FileSystem.from_uri(out)
+        exists = filesystem.get_file_info(path).type != fs.FileType.NotFound
+    except (OSError, ValueError, pa.ArrowException):
+        return
+    if exists:
+        raise ValueError(f"--out {out} exists; a remote score output is written once (it cannot be swapped in "
+                         "whole like a local folder): choose a new prefix or delete the old one first")
 
 
 def default_concurrency() -> int:

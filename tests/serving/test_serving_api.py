@@ -65,6 +65,30 @@ def test_raw_ids_and_item_ids_give_the_same_result(recommender, test_rows):
     assert auto_raw[0].id_type == "raw_id" and auto_item[0].id_type == "item_id"
 
 
+def test_auto_refuses_to_guess_between_numeric_raw_ids_and_item_ids(recommender, test_rows):
+    """A dataset whose raw ids are numbers (MovieLens' movie ids): "3" is item 3 and also the raw id of another
+    item. auto must not pick a reading on a tie; an explicit id_type still works; a strict majority still decides."""
+    import copy
+
+    numeric = copy.copy(recommender)
+    numeric.raw_to_item = {str(i + 1): i for i in range(1, recommender.num_items + 1)}  # raw "i+1" = item i
+    hist = [i for row in test_rows[:5] for i in row["history"] if 1 < i][:4]  # "1" is no raw id here
+    assert len(hist) == 4
+    text = " ".join(str(i) for i in hist)
+    amb, as_item, as_raw = (numeric.recommend([text], k=5, id_type=t)[0] for t in ("auto", "item_id", "raw_id"))
+    assert amb.items == [] and amb.id_type == "ambiguous" and "--id-type" in amb.reason
+    assert as_item.history == hist and as_raw.history == [i - 1 for i in hist]
+    assert as_item.items and [i.item_id for i in as_item.items] == \
+        [i.item_id for i in recommender.recommend([hist], k=5, id_type="item_id")[0].items]
+    # one more id known as an item id than as a raw id ("1" is no raw id here): auto reads item ids
+    more_item = numeric.recommend([["1", *map(str, hist)]], k=5)[0]
+    assert more_item.id_type == "item_id" and more_item.history == [1, *hist]
+    # raw ids equal to item ids name the same items: no ambiguity
+    same = copy.copy(recommender)
+    same.raw_to_item = {str(i): i for i in range(1, recommender.num_items + 1)}
+    assert same.recommend([text], k=5)[0].items
+
+
 def test_unknown_ids_are_reported_not_dropped_silently(recommender, test_rows):
     hist = [asin(i) for i in test_rows[0]["history"]]
     clean, noisy = recommender.recommend([hist, ["NOPE-1"] + hist + ["B999999999"]], k=5, id_type="raw_id")

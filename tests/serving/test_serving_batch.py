@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from s2gr_ray.cli import main
+from s2gr_ray.serving.score import MARKER
 
 pytestmark = [pytest.mark.ray, pytest.mark.deepspeed]
 
@@ -37,8 +38,10 @@ def test_score_parquet_matches_the_api(trained_run, recommender, test_rows, ray_
     out = tmp_path / "scores"
     summary = score_users(trained_run, path, out, k=7, batch_size=16, concurrency=2, cpus_per_actor=0.5,
                           id_type="raw_id", rows_per_file=16)
-    assert summary["users"] == len(users)
+    assert summary["users"] == len(users) and summary["users_without_items"] == 1
     assert len(list(out.glob("*.parquet"))) >= 2  # sharded output
+    marker = json.loads((out / MARKER).read_text())
+    assert marker["users"] == len(users) and marker["users_without_items"] == 1 and marker["id_type"] == "raw_id"
     got = _read_out(out)
     assert set(got) == set(users)
     api = dict(zip(users, recommender.recommend(list(users.values()), k=7, id_type="raw_id")))
@@ -46,7 +49,7 @@ def test_score_parquet_matches_the_api(trained_run, recommender, test_rows, ray_
         assert got[uid]["items"] == [i.item_id for i in res.items], uid
         assert got[uid]["raw_ids"] == [i.raw_id for i in res.items]
         assert np.allclose(got[uid]["scores"], [i.score for i in res.items], atol=1e-4)
-        assert got[uid]["unknown"] == res.unknown
+        assert got[uid]["unknown"] == res.unknown and got[uid]["id_type"] == res.id_type == "raw_id"
     assert got[9001]["unknown"] == ["NOPE"] and len(got[9001]["items"]) == 7
     assert got[9002]["items"] == [] and "no known items" in got[9002]["reason"]
 
@@ -69,8 +72,26 @@ def test_cli_score_csv_string_histories(trained_run, recommender, test_rows, ray
     # the output folder is replaced as a whole: never one that holds other files (e.g. the run itself)
     assert main(["score", str(trained_run), "--users", str(path), "--out", str(trained_run)]) == 2
     assert "run directory" in capsys.readouterr().err and (trained_run / "model" / "model.pt").exists()
-    assert main(["score", str(trained_run), "--users", str(path), "--out", str(tmp_path)]) == 2
-    assert "not score shards" in capsys.readouterr().err
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "keep.txt").write_text("not scores")
+    assert main(["score", str(trained_run), "--users", str(path), "--out", str(other)]) == 2
+    assert "not an earlier `s2gr score` output" in capsys.readouterr().err and (other / "keep.txt").exists()
+    # item-id histories read as raw ids: nobody gets items, so the earlier output is kept, not replaced
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert main(["score", str(trained_run), "--users", str(path), "--out", str(out), "--id-type", "raw_id",
+                 "--concurrency", "1", "--cpus-per-actor", "0.5"]) == 2
+    assert f"none of the {len(rows)} users got recommendations" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".scores_csv")]  # no temp folder left
+    # a remote-style URI (file://) must not exist yet: a second write is refused instead of appending duplicates
+    remote = f"file://{tmp_path / 'remote'}"
+    for expected in (0, 2):
+        assert main(["score", str(trained_run), "--users", str(path), "--out", remote, "--k", "5",
+                     "--concurrency", "1", "--cpus-per-actor", "0.5", "--id-type", "item_id"]) == expected
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and f"--out {remote} exists" in err
+    assert len(_read_out(tmp_path / "remote")) == len(rows)
 
 
 def test_cli_evaluate_reproduces_training_test_metrics(trained_run, ray_local, capsys):
@@ -87,6 +108,14 @@ def test_cli_evaluate_reproduces_training_test_metrics(trained_run, ray_local, c
     for key in ("recall@5", "ndcg@5", "recall@10", "ndcg@10"):
         assert ev["all"][key] == pytest.approx(trained["test"][key], abs=1e-6), key
         assert ev["hist10"][key] == pytest.approx(trained["test_hist10"][key], abs=1e-6), key
+    # a partial evaluation gets its own file and leaves the full one alone
+    full = (trained_run / "eval_test.json").read_text()
+    assert main(["evaluate", str(trained_run), "--split", "test", "--max-users", "30", "--batch-size", "32",
+                 "--concurrency", "1", "--cpus-per-actor", "0.5"]) == 0
+    capsys.readouterr()
+    part = json.loads((trained_run / "eval_test_first30.json").read_text())
+    assert part["all"]["count"] == 30 and part["max_users"] == 30
+    assert (trained_run / "eval_test.json").read_text() == full
     with pytest.raises(SystemExit) as exc:  # argparse refuses a split that is not valid/test: usage error, code 2
         main(["evaluate", str(trained_run), "--split", "train"])
     assert exc.value.code == 2

@@ -18,7 +18,7 @@ from s2gr_ray import artifacts
 from s2gr_ray.serving.api import Recommendation, Recommender, ServingError, check_catalog, history_tokens
 from s2gr_ray.serving.commands import add_parsers, run_command
 from s2gr_ray.serving.evaluate import parse_ks
-from s2gr_ray.serving.score import _check_out, _history_value
+from s2gr_ray.serving.score import MARKER, _check_out, _history_value
 
 
 def _parquet(path: Path) -> Path:
@@ -60,10 +60,65 @@ def test_out_that_is_holds_or_is_inside_the_users_input_is_refused(tmp_path):
 def test_safe_outputs_are_still_accepted(tmp_path):
     run, users = tmp_path / "run", _parquet(tmp_path / "in" / "users.parquet")
     run.mkdir()
-    _parquet(tmp_path / "scores" / "part-0.parquet")  # an earlier score output: replaced
-    for out in (tmp_path / "scores", tmp_path / "new", tmp_path / "in2"):
+    _parquet(tmp_path / "scores" / "part-0.parquet")  # an earlier score output (it has the marker): replaced
+    (tmp_path / "scores" / MARKER).write_text("{}")
+    (tmp_path / "empty").mkdir()
+    for out in (tmp_path / "scores", tmp_path / "new", tmp_path / "in2", tmp_path / "empty"):
         _check_out(str(out), run.resolve(), str(users))
-    _check_out("s3://bucket/scores", run.resolve(), str(users))
+    # remote URIs are checked through pyarrow's filesystem (file:// here: s3:// and gs:// need the network)
+    _check_out(f"file://{tmp_path / 'remote_new'}", run.resolve(), str(users))
+    with pytest.raises(ValueError, match="exists; a remote score output is written once"):
+        _check_out(f"file://{tmp_path / 'scores'}", run.resolve(), str(users))
+
+
+def test_out_that_is_not_an_earlier_score_output_is_refused(tmp_path):
+    """Parquet files alone do not make a folder replaceable: another run's sequence split or a dataset folder holds
+    only parquet shards too. Only the score marker does; a file is never replaced by a folder."""
+    run, users = (tmp_path / "run").resolve(), _parquet(tmp_path / "in" / "users.parquet")
+    other_split = _parquet(tmp_path / "other_run" / "sequences" / "test" / "part-00000.parquet")
+    with pytest.raises(ValueError, match="not an earlier `s2gr score` output") as err:
+        _check_out(str(other_split.parent), run, str(users))
+    assert "part-00000.parquet" in str(err.value) and MARKER in str(err.value)
+    single = _parquet(tmp_path / "data.parquet")
+    with pytest.raises(ValueError, match="is a file"):
+        _check_out(str(single), run, str(users))
+    assert other_split.exists() and single.exists()
+
+
+def test_cuda_device_without_cuda_is_a_clear_error():
+    import torch
+
+    from s2gr_ray.serving.api import _device
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA: the refusal is for CPU-only torch builds")
+    for name in ("cuda", "cuda:1"):
+        with pytest.raises(ServingError, match="no usable CUDA device"):
+            _device(name)
+    assert _device("cpu").type == "cpu" and _device("auto").type == "cpu"
+
+
+def test_report_flags_and_out_are_checked_before_loading(tmp_path, capsys):
+    run = tmp_path / "run"  # no run at all: every refusal below must come before anything is loaded
+    for argv, needle in ((["--k", "0"], "--k 0 must be >= 1"), (["--users", "-1"], "--users -1 must be >= 0"),
+                         (["--out", str(tmp_path)], "is a folder"),
+                         (["--out", str(tmp_path / "missing" / "r.html")], "does not exist")):
+        code, err = _cli(["report", str(run), *argv], capsys)
+        assert code == 2 and needle in err, (argv, err)
+    assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no temp file left behind
+
+
+def test_os_errors_of_serving_commands_are_one_line(tmp_path, capsys, monkeypatch):
+    """Any OSError a command meets (a folder where a file goes, no Ray cluster at --ray-address: ConnectionError,
+    permissions) gives exit 2 and 'path: reason', not a traceback."""
+    import s2gr_ray.serving.report as report
+
+    def fails(*args, **kwargs):
+        raise IsADirectoryError(21, "Is a directory", str(tmp_path / "page.html"))
+
+    monkeypatch.setattr(report, "build_report", fails)
+    code, err = _cli(["report", str(tmp_path / "run")], capsys)
+    assert code == 2 and err.strip() == f"s2gr report: error: {tmp_path / 'page.html'}: Is a directory"
 
 
 # ------------------------------------------------------------------------ 2. catalog vs tokenizer

@@ -89,6 +89,15 @@ def test_evaluate_run_uses_the_runs_settings(tmp_path):
     assert any("beam 7, ks 3,7, min history view 4" in line and "config.yaml" in line for line in logs), logs
 
 
+def test_beam_below_the_runs_cut_offs_names_where_the_cut_offs_came_from(tmp_path, capsys):
+    run = _run_with_config(tmp_path)  # eval.ks [3, 7] in RUN/config.yaml; --ks not passed
+    code = run_command(_parser().parse_args(["evaluate", str(run), "--beam-size", "5"]))
+    err = capsys.readouterr().err
+    assert code == 2 and "largest cut-off K (7, eval.ks from" in err and "config.yaml" in err
+    code = run_command(_parser().parse_args(["evaluate", str(run), "--beam-size", "5", "--ks", "10"]))
+    assert code == 2 and "(10, --ks)" in capsys.readouterr().err
+
+
 def test_cli_evaluate_beam_size_zero_is_refused(tmp_path, capsys):
     code = run_command(_parser().parse_args(["evaluate", str(tmp_path / "run"), "--beam-size", "0"]))
     assert code == 2 and "--beam-size 0 must be >= 1" in capsys.readouterr().err
