@@ -166,6 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="key=value overrides applied to the base preset")
     p.add_argument("--out", required=True, type=Path, help="sweep directory (resumable)")
     p.add_argument("--trials", type=int, default=None, help="number of trials (default: the space's)")
+    p.add_argument("--max-concurrent", type=int, default=None,
+                   help="trials at a time (default: the space's max_concurrent_trials; 0 = as many as the cluster's "
+                        "CPUs/GPUs hold now: an autoscaling cluster that starts empty needs a number here)")
     p = sub.add_parser("config", help="print the resolved config (validates presets and overrides)")
     p.add_argument("config", nargs="?")
     p.add_argument("overrides", nargs="*")
@@ -196,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "tune":
             from s2gr_ray.tuning.sweep import tune_command
 
-            tune_command(Path(args.space), list(args.overrides), args.out, trials=args.trials, log=log)
+            tune_command(Path(args.space), list(args.overrides), args.out, trials=args.trials,
+                         max_concurrent=args.max_concurrent, log=log)
             return 0
         config, overrides = _split_config_arg(args)
         cfg = load_config(config, overrides)

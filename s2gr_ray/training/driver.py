@@ -16,7 +16,7 @@ from typing import Any, Callable
 import numpy as np
 
 from s2gr_ray import artifacts
-from s2gr_ray.config import Config, dump_yaml, paper_view
+from s2gr_ray.config import Config, dump_yaml, flatten, paper_view
 from s2gr_ray.training import worker as worker_mod
 
 
@@ -50,6 +50,57 @@ def model_signature(cfg: Config, tok: dict[str, Any], tokenizer_hash: str) -> di
     return {"model": cfg.model.__dict__ | {}, "level_sizes": tok["level_sizes"],
             "num_semantic_levels": tok["num_semantic_levels"], "max_history": cfg.data.max_history,
             "tokenizer_hash": tokenizer_hash}
+
+
+SETTINGS_FILE = "s2gr_settings.json"  # in STORAGE/RUN_NAME: what the checkpoints there were trained with
+# train.* keys a resumed run may change: how it executes, not what it learns (encoder_chunks is exact), and how
+# long it goes on (a finished run resumed with a larger train.max_epochs trains the extra epochs)
+RESUME_FREE = {"train.log_every", "train.max_failures", "train.keep_checkpoints", "train.torch_threads",
+               "train.cpus_per_worker", "train.gpus_per_worker", "train.storage_path", "train.run_name",
+               "train.compile", "train.encoder_chunks", "train.max_epochs", "train.patience"}
+
+
+def run_settings(cfg: Config, tokenizer_hash: str, data_hash: str) -> dict[str, Any]:
+    """What a Ray Train run's checkpoints depend on: model.*, train.* (but RESUME_FREE), data.max_history and the
+    identities of the tokenizer and the prepared data."""
+    flat = {k: v for k, v in flatten(cfg).items() if k.startswith(("model.", "train.")) and k not in RESUME_FREE}
+    flat = json.loads(json.dumps(flat, default=list))  # tuples as lists, as they read back from JSON
+    return {**flat, "data.max_history": cfg.data.max_history, "tokenizer": tokenizer_hash, "data": data_hash}
+
+
+def check_resume(storage: str, run_name: str, settings: dict[str, Any], log: Callable[[str], None]) -> None:
+    """Ray Train resumes from any checkpoint under STORAGE/RUN_NAME. Refuse to when those checkpoints were trained
+    with other settings (a re-run with another train.lr would otherwise test the old weights under the new
+    label), then record this run's settings there. Local paths and pyarrow filesystem URIs."""
+    from pyarrow import fs
+
+    if "://" in storage:
+        filesystem, root = fs.FileSystem.from_uri(storage)
+    else:
+        filesystem, root = fs.LocalFileSystem(), storage
+    folder = f"{root.rstrip('/')}/{run_name}"
+    entries = filesystem.get_file_info(fs.FileSelector(folder, allow_not_found=True))
+    checkpoints = [e.base_name for e in entries if e.base_name.startswith("checkpoint_")]
+    where = f"{storage.rstrip('/')}/{run_name}"
+    names = {e.base_name for e in entries}
+    if checkpoints and SETTINGS_FILE in names:
+        with filesystem.open_input_stream(f"{folder}/{SETTINGS_FILE}") as fh:
+            saved = json.loads(fh.read().decode())
+        diff = sorted(k for k in set(saved) | set(settings) if saved.get(k) != settings.get(k))
+        if diff:
+            shown = ", ".join(f"{k}: {saved.get(k)!r} then, {settings.get(k)!r} now" for k in diff[:5])
+            raise TrainingError(
+                f"{where} holds {len(checkpoints)} checkpoint(s) of a run with other settings ({shown}"
+                f"{', ...' if len(diff) > 5 else ''}); Ray Train would resume from them. Use another train.run_name "
+                f"(or --out / train.storage_path) for these settings, or delete {where} to start over")
+        log(f"train: resuming from {len(checkpoints)} checkpoint(s) in {where} (same settings)")
+        return
+    if checkpoints:
+        log(f"train: resuming from {len(checkpoints)} checkpoint(s) in {where}, which record no settings "
+            f"({SETTINGS_FILE}); make sure they come from this configuration")
+    filesystem.create_dir(folder, recursive=True)
+    with filesystem.open_output_stream(f"{folder}/{SETTINGS_FILE}") as fh:
+        fh.write(json.dumps(settings, indent=1, sort_keys=True).encode())
 
 
 def _check_resources(cfg: Config) -> None:
@@ -95,6 +146,7 @@ def train_stage(cfg: Config, run: Path, log: Callable[[str], None] = print, call
         storage = str(Path(storage).resolve())
     report = artifacts.read_json(artifacts.tokenizer_dir(run) / "report.json") \
         if (artifacts.tokenizer_dir(run) / "report.json").exists() else {}
+    check_resume(storage, cfg.train.run_name, run_settings(cfg, tok_manifest["hash"], data_manifest["hash"]), log)
     tb_dir = str(run / "tensorboard" / cfg.train.run_name) if "://" not in storage else ""
     loop_config = {
         "cfg": cfg.to_dict(), "tokenizer": tok, "train_rows": data_manifest["splits"]["train"],
@@ -163,6 +215,7 @@ def metrics_json(metrics: dict, cfg: Config, seconds: float) -> dict:
             split, name = k.split("/", 1)
             out.setdefault(split, {})[name] = v
     out["train"] = {"best_epoch": metrics.get("best_epoch"), "epochs": metrics.get("epoch"),
-                    "steps": metrics.get("step"), "seconds": seconds}
+                    "steps": metrics.get("step"), "seconds": seconds,
+                    "last_loss": metrics.get("train/loss")}  # the last epoch's mean training loss
     out["valid"].pop("best", None)
     return out

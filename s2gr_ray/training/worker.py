@@ -269,7 +269,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     test = finalize(all_reduce_sums(evaluate_shard(eval_model, test_shard, trie, cfg, device, cfg.eval.batch_size),
                                     keys), cfg)
     best_valid = state.get("best_valid") or {"all": {monitor: state["best"]}, "hist": {}}
-    final = {"epoch": state["epoch"], "step": engine.global_step, "final": 1, "valid/best": state["best"],
+    # the last epoch's train/* terms ride along: a sweep on metric train/loss needs it in every report (Ray Tune
+    # stops the whole sweep on a result without its metric)
+    last_train = {k: v for k, v in (state["history"][-1] if state["history"] else {}).items()
+                  if k.startswith("train/")}
+    final = {**last_train, "epoch": state["epoch"], "step": engine.global_step, "final": 1, "valid/best": state["best"],
              **{f"valid/{k}": v for k, v in best_valid["all"].items()},
              **{f"{hist_split('valid', cfg)}/{k}": v for k, v in best_valid["hist"].items()},
              "best_epoch": state["best_epoch"] + 1,

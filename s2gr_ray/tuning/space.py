@@ -192,6 +192,13 @@ def _parse_param(where: str, key: str, dist: Any, keys: list[str]) -> Param:
     return Param(key, kind, low=low, high=high)
 
 
+# eval.* keys that change the sweep metric's name or meaning: searching them makes trials incomparable (and a trial
+# whose reports lack the metric's name would stop the sweep)
+METRIC_NAMING = {"eval.min_history_view": "the paper view's split name", "eval.ks": "the cut-offs K",
+                 "eval.valid_users": "the validation users", "eval.max_users": "the validation users",
+                 "train.monitor": "the monitored metric"}
+
+
 def _check_metric(where: str, metric: str, base: Config) -> str:
     if metric == "train/loss":
         return "min"
@@ -244,7 +251,7 @@ def _preflight(where: str, base: Config, params: tuple[Param, ...], seed: int) -
 
 
 def load_space(path: str | Path, overrides: list[str] | Mapping[str, Any] = (),
-               trials: int | None = None) -> SweepSpec:
+               trials: int | None = None, max_concurrent: int | None = None) -> SweepSpec:
     """Read and validate a space file; every error names the file and the key (before any trial starts)."""
     path = Path(path)
     where = str(path)
@@ -255,9 +262,11 @@ def load_space(path: str | Path, overrides: list[str] | Mapping[str, Any] = (),
     if not data.get("base"):
         raise ConfigError(f"{where}: `base:` (the preset every trial starts from) is missing")
     base_path = resolve_base(path, str(data["base"]))
-    values = dict(data.get("overrides") or {})
-    if not isinstance(values, dict):
-        raise ConfigError(f"{where}: overrides must be a mapping of dotted config keys")
+    raw_overrides = data.get("overrides") or {}
+    if not isinstance(raw_overrides, Mapping):
+        raise ConfigError(f"{where}: overrides must be a mapping of dotted config keys to values, e.g. "
+                          f"`overrides: {{train.max_epochs: 8}}`; got {raw_overrides!r}")
+    values = dict(raw_overrides)
     cli = dict(overrides) if isinstance(overrides, Mapping) else dict(parse_override(o) for o in overrides)
     values.update(cli)
     try:
@@ -270,11 +279,22 @@ def load_space(path: str | Path, overrides: list[str] | Mapping[str, Any] = (),
     if not isinstance(raw_params, Mapping) or not raw_params:
         raise ConfigError(f"{where}: params must map dotted config keys to distributions (none given)")
     params = tuple(_parse_param(where, str(k), v, keys) for k, v in raw_params.items())
+    for p in params:
+        if p.key in cli:  # (the file's own overrides may set a searched key: the base value checks start from)
+            raise ConfigError(f"{where}: {p.key} is searched (params), so the command-line override "
+                              f"{p.key}={cli[p.key]!r} would be ignored by every trial; drop it, or copy the space "
+                              "file without that parameter to fix its value")
+        if p.key in METRIC_NAMING:
+            raise ConfigError(f"{where}: params.{p.key} renames or redefines the metric the sweep compares "
+                              f"({METRIC_NAMING[p.key]}); set it in overrides, not in params")
     metric = str(data.get("metric", "valid/ndcg@10"))
-    mode = str(data.get("mode", _check_metric(where, metric, base)))
-    _check_metric(where, metric, base)
+    natural = _check_metric(where, metric, base)
+    mode = str(data.get("mode", natural))
     if mode not in ("max", "min"):
         raise ConfigError(f"{where}: mode {mode!r} must be max or min")
+    if mode != natural:
+        raise ConfigError(f"{where}: mode {mode} contradicts metric {metric} (better is "
+                          f"{'higher' if natural == 'max' else 'lower'}): use mode: {natural}, or leave mode out")
 
     sched = data.get("scheduler", "asha")
     sched = {"type": sched} if isinstance(sched, str) else dict(sched or {})
@@ -284,7 +304,12 @@ def load_space(path: str | Path, overrides: list[str] | Mapping[str, Any] = (),
     kind = str(sched.get("type", "asha"))
     if kind not in ("asha", "fifo"):
         raise ConfigError(f"{where}: scheduler {kind!r} must be asha or fifo")
-    grace, factor = int(sched.get("grace_period", 1)), float(sched.get("reduction_factor", 2))
+    grace, factor = sched.get("grace_period", 1), sched.get("reduction_factor", 2)
+    if not isinstance(grace, int) or isinstance(grace, bool) or not isinstance(factor, (int, float)) \
+            or isinstance(factor, bool):
+        raise ConfigError(f"{where}: scheduler.grace_period must be an integer and scheduler.reduction_factor a "
+                          f"number; got {grace!r} and {factor!r}")
+    grace, factor = int(grace), float(factor)
     if grace < 1 or factor <= 1:
         raise ConfigError(f"{where}: scheduler needs grace_period >= 1 and reduction_factor > 1")
 
@@ -295,14 +320,17 @@ def load_space(path: str | Path, overrides: list[str] | Mapping[str, Any] = (),
     num_samples = trials if trials is not None else data.get("num_samples", grid_size if all_grid else 8)
     if not isinstance(num_samples, int) or num_samples < 1:
         raise ConfigError(f"{where}: num_samples (or --trials) must be a positive integer; got {num_samples!r}")
-    concurrent = data.get("max_concurrent_trials", 0)
+    concurrent = data.get("max_concurrent_trials", 0) if max_concurrent is None else max_concurrent
     cpus = data.get("tokenizer_cpus", 1)
     if not isinstance(concurrent, int) or concurrent < 0:
-        raise ConfigError(f"{where}: max_concurrent_trials must be an integer >= 0 (0 = from cluster resources)")
+        raise ConfigError(f"{where}: max_concurrent_trials (or --max-concurrent) must be an integer >= 0 (0 = from "
+                          f"the cluster's resources); got {concurrent!r}")
     if not isinstance(cpus, (int, float)) or cpus < 0:
         raise ConfigError(f"{where}: tokenizer_cpus must be >= 0 (0 = fit inside the trial process)")
 
-    seed = int(data.get("seed", 0))
+    seed = data.get("seed", 0)
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise ConfigError(f"{where}: seed must be an integer; got {seed!r}")
     points = []
     for i, point in enumerate(data.get("points_to_evaluate") or []):
         if not isinstance(point, Mapping) or set(point) != {p.key for p in params}:

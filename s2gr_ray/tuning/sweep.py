@@ -15,6 +15,7 @@ A failed trial ends as ERROR in the table and the sweep goes on.
 from __future__ import annotations
 
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -61,6 +62,9 @@ def concurrency(spec: SweepSpec, log: Callable[[str], None]) -> int:
     n = max(1, min(n, spec.num_samples))
     log(f"tune: {n} concurrent trial(s) from the cluster's {res.get('CPU', 0):g} CPU(s) / "
         f"{res.get('GPU', 0):g} GPU(s)")
+    if n < spec.num_samples and (spec.base.ray.address or os.environ.get("RAY_ADDRESS")):
+        log("tune: note: that counts the nodes up now; an autoscaling cluster adds nodes only for work that is "
+            "pending, so pass --max-concurrent N (or max_concurrent_trials: N) to run N trials at a time")
     return n
 
 
@@ -164,9 +168,10 @@ def build_tuner(spec: SweepSpec, out: Path, resume: bool, log: Callable[[str], N
 
 
 def tune_command(space_path: str | Path, overrides: list[str], out: str | Path, trials: int | None = None,
+                 max_concurrent: int | None = None,
                  log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run (or resume) a sweep; returns {"rows": [...], "best": row | None, "best_yaml": path | None}."""
-    spec = load_space(space_path, overrides, trials)  # raises ConfigError before anything starts
+    spec = load_space(space_path, overrides, trials, max_concurrent)  # raises ConfigError before anything starts
     for note in spec.notes:
         log(f"tune: note: {note}")
     out = Path(out).resolve()  # Tune and Train storage paths must be absolute
@@ -180,7 +185,13 @@ def tune_command(space_path: str | Path, overrides: list[str], out: str | Path, 
     from s2gr_ray.training.ray_env import init_ray
 
     init_ray(spec.base.ray, spec.base.train.use_gpu, log)
-    grid = build_tuner(spec, out, resume, log).fit()
+    from ray.tune.error import TuneError
+
+    try:
+        grid = build_tuner(spec, out, resume, log).fit()
+    except TuneError as exc:
+        raise RuntimeError(f"the sweep stopped: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}; "
+                           f"finished trials stay in {out}: run the same command to resume") from exc
 
     rows = trial_rows(grid, spec)
     table = write_table(rows, spec, out / "trials.csv")

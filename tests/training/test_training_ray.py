@@ -113,10 +113,19 @@ def test_resume_continues_the_step_count(base_run, tmp_path, capfd):
     first = train(run, "train.max_epochs=1", "train.run_name=resume", amp)
     steps_one_epoch = first["train"]["steps"]
     assert steps_one_epoch > 0 and math.isfinite(first["history"][0]["train/loss"])
+    # the final report carries the last epoch's train/* terms (a sweep on metric train/loss needs every report
+    # to hold it), and metrics.json keeps the loss
+    assert first["train"]["last_loss"] == first["history"][-1]["train/loss"]
     second = train(run, "train.max_epochs=2", "train.run_name=resume", amp)
     assert second["train"]["steps"] == 2 * steps_one_epoch
     assert len(second["history"]) == 2
     assert "resumed from checkpoint: epoch 1" in capfd.readouterr().out
+    # the same storage and run name with another learning rate: refused before Ray Train resumes the old weights
+    from s2gr_ray.training.driver import TrainingError
+
+    with pytest.raises(TrainingError, match=r"other settings \(train.lr: 0.005 then, 0.0001 now\)"):
+        train(run, "train.max_epochs=2", "train.run_name=resume", amp, "train.lr=1e-4")
+    assert json.loads((run / "metrics.json").read_text())["train"]["steps"] == second["train"]["steps"]
 
 
 def test_compiled_training_under_deepspeed_amp(base_run, tmp_path, capfd):

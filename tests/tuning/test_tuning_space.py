@@ -177,3 +177,38 @@ def test_searcher_grid_and_forced_points_without_a_cluster(tmp_path):
     assert search.suggest("a") == {"model.n_think": 2, "model.w_align": 0.5}
     nxt = search.suggest("b")
     assert nxt["model.n_think"] in (0, 1, 2) and 0.1 <= nxt["model.w_align"] <= 3.0
+
+
+@pytest.mark.parametrize("fields, match", [
+    ({"metric": "valid/ndcg@10", "mode": "min"}, "mode min contradicts metric valid/ndcg@10 .*use mode: max"),
+    ({"metric": "train/loss", "mode": "max"}, "mode max contradicts metric train/loss .*use mode: min"),
+    ({"overrides": ["train.max_epochs=8"]}, r"overrides must be a mapping .*\{train.max_epochs: 8\}"),
+    ({"overrides": 5}, "overrides must be a mapping"),
+    ({"scheduler": {"type": "asha", "grace_period": "two"}}, "scheduler.grace_period must be an integer"),
+    ({"seed": "x"}, "seed must be an integer; got 'x'"),
+    ({"params": {"eval.min_history_view": {"choice": [5, 10]}}}, "renames or redefines the metric"),
+    ({"params": {"eval.ks": {"choice": [[5, 10], [10, 20]]}}}, "renames or redefines the metric"),
+])
+def test_malformed_top_level_values_name_the_file_and_key(tmp_path, fields, match):
+    space = write_space(tmp_path, **fields)
+    with pytest.raises(ConfigError, match=match) as err:
+        load_space(space)
+    assert str(space) in str(err.value)
+
+
+def test_a_command_line_override_of_a_searched_key_is_refused(tmp_path):
+    """`s2gr tune space.yaml model.n_think=1` would be ignored by every trial (each samples n_think); the file's
+    own overrides may still set a searched key's base value (ci_tiny.yaml does)."""
+    space = write_space(tmp_path)
+    with pytest.raises(ConfigError, match="model.n_think is searched .*model.n_think=1"):
+        load_space(space, ["model.n_think=1"])
+    assert load_space(write_space(tmp_path, overrides={"model.n_think": 1})).params[0].key == "model.n_think"
+
+
+def test_max_concurrent_from_the_command_line_wins_and_is_checked(tmp_path):
+    space = write_space(tmp_path, max_concurrent_trials=2)
+    assert load_space(space).max_concurrent_trials == 2
+    assert load_space(space, max_concurrent=4).max_concurrent_trials == 4
+    assert load_space(space).fingerprint() == load_space(space, max_concurrent=4).fingerprint()  # resumable
+    with pytest.raises(ConfigError, match="--max-concurrent"):
+        load_space(space, max_concurrent=-1)

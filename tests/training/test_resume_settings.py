@@ -1,0 +1,62 @@
+"""Ray Train resumes from any checkpoint under STORAGE/RUN_NAME: `check_resume` refuses checkpoints trained with
+other settings, names the keys that differ, and records the settings of a new run. Local folders; no Ray."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from s2gr_ray.config import load_config
+from s2gr_ray.training.driver import SETTINGS_FILE, TrainingError, check_resume, run_settings
+
+
+def _settings(*overrides: str) -> dict:
+    return run_settings(load_config(None, list(overrides)), "tok0", "data0")
+
+
+def test_a_new_run_records_its_settings(tmp_path):
+    logs: list[str] = []
+    check_resume(str(tmp_path), "r", _settings("train.lr=0.01"), logs.append)
+    saved = json.loads((tmp_path / "r" / SETTINGS_FILE).read_text())
+    assert saved["train.lr"] == 0.01 and saved["tokenizer"] == "tok0" and not logs
+
+
+def test_checkpoints_of_other_settings_are_refused_naming_the_keys(tmp_path):
+    check_resume(str(tmp_path), "r", _settings("train.lr=0.01"), print)
+    (tmp_path / "r" / "checkpoint_2026-11-27_10-00-00.000000").mkdir()
+    with pytest.raises(TrainingError) as err:
+        check_resume(str(tmp_path), "r", _settings("train.lr=0.001", "model.d_model=32"), print)
+    text = str(err.value)
+    assert "1 checkpoint(s)" in text and "train.lr: 0.01 then, 0.001 now" in text and "model.d_model" in text
+    assert f"{tmp_path}/r" in text and "train.run_name" in text
+    # another tokenizer behind the same config is refused too
+    other_tok = run_settings(load_config(None, ["train.lr=0.01"]), "tok1", "data0")
+    with pytest.raises(TrainingError, match="tokenizer: 'tok0' then, 'tok1' now"):
+        check_resume(str(tmp_path), "r", other_tok, print)
+    assert json.loads((tmp_path / "r" / SETTINGS_FILE).read_text())["train.lr"] == 0.01  # untouched
+
+
+def test_same_settings_or_execution_only_changes_resume(tmp_path):
+    check_resume(str(tmp_path), "r", _settings("train.max_epochs=2"), print)
+    (tmp_path / "r" / "checkpoint_1").mkdir()
+    logs: list[str] = []
+    # more epochs, other logging, threads or failure budget: what the run learns so far is the same
+    check_resume(str(tmp_path), "r", _settings("train.max_epochs=4", "train.log_every=5", "train.torch_threads=1",
+                                               "train.max_failures=2"), logs.append)
+    assert len(logs) == 1 and "resuming from 1 checkpoint(s)" in logs[0] and "same settings" in logs[0]
+
+
+def test_checkpoints_without_recorded_settings_resume_with_a_note(tmp_path):
+    (tmp_path / "r" / "checkpoint_1").mkdir(parents=True)
+    logs: list[str] = []
+    check_resume(str(tmp_path), "r", _settings(), logs.append)
+    assert len(logs) == 1 and "record no settings" in logs[0]
+    assert (tmp_path / "r" / SETTINGS_FILE).exists()
+
+
+def test_storage_uris_work_through_pyarrow(tmp_path):
+    uri = f"file://{tmp_path}/store"
+    check_resume(uri, "r", _settings("train.lr=0.01"), print)
+    (tmp_path / "store" / "r" / "checkpoint_1").mkdir()
+    with pytest.raises(TrainingError, match="train.lr"):
+        check_resume(uri, "r", _settings("train.lr=0.02"), print)
