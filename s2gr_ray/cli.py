@@ -105,6 +105,12 @@ def artifact_mismatch(stage: str, cfg: Config, out: Path) -> str | None:
     if manifest.get("config_hash") != want:
         return (f"built from another config (hash of its config section {'+'.join(sections)}: "
                 f"{manifest.get('config_hash')}; this config's: {want})")
+    if stage == "prepare":
+        from s2gr_ray.data.prepare import stale_inputs
+
+        stale = stale_inputs(manifest, cfg.data)
+        if stale:
+            return stale
     for up in upstream:
         reason = artifact_mismatch(up, cfg, out)
         if reason is not None:

@@ -100,8 +100,10 @@ def read_items_jsonl(path: Path, id_field: str = "item_id") -> dict[str, dict[st
 def read_sequences(cfg: DataConfig) -> RawDataset:
     """Format 1: `user item item ...` per line (chronological) + items.jsonl (Amazon Beauty's layout)."""
     root = Path(cfg.path)
-    seq_path = root / cfg.sequences_file if root.is_dir() else root
-    items_path = (root if root.is_dir() else root.parent) / cfg.items_file
+    from s2gr_ray.data.formats.tables import require_file
+
+    seq_path = require_file(root / cfg.sequences_file, "data.sequences_file") if root.is_dir() else root
+    items_path = require_file((root if root.is_dir() else root.parent) / cfg.items_file, "data.items_file")
     item_text = read_items_jsonl(items_path)
     users: list[str] = []
     items: list[str] = []
@@ -151,9 +153,10 @@ def read_dataset(cfg: DataConfig) -> RawDataset:
     return _reader(cfg.format)(cfg)
 
 
-def kcore_filter(users: np.ndarray, items: np.ndarray, k: int) -> np.ndarray:
-    """Iterative k-core: keep interactions whose user and item both have >= k interactions. Returns a mask."""
-    keep = np.ones(len(users), dtype=bool)
+def kcore_filter(users: np.ndarray, items: np.ndarray, k: int, keep: np.ndarray | None = None) -> np.ndarray:
+    """Iterative k-core: keep interactions whose user and item both have >= k interactions (among those ``keep``
+    marks, default all). Returns a mask."""
+    keep = np.ones(len(users), dtype=bool) if keep is None else keep.copy()
     if k <= 1:
         return keep
     while True:

@@ -84,11 +84,25 @@ def normalize(raw: RawDataset, cfg: Config, log: Callable[[str], None] = print):
         item_idx = np.fromiter((item_order[i] for i in raw.items), dtype=np.int64, count=len(raw.items))
     except KeyError as exc:
         raise DataError(f"{raw.source}: interaction with item {exc.args[0]!r} that is not in the items file") from None
+    if not raw.sequences_are_final:  # the same (user, item, time) twice is a copy, not a repeat purchase: it
+        # would put the test target into the user's history too
+        trip = np.stack([user_idx, item_idx, np.asarray(raw.orders, dtype=np.int64)], 1)
+        _, first = np.unique(trip, axis=0, return_index=True)
+        if len(first) < len(trip):
+            unique = np.zeros(len(trip), dtype=bool)
+            unique[first] = True
+            skipped["duplicate_interactions"] = int(len(trip) - len(first))
+            log(f"prepare: dropped {len(trip) - len(first)} duplicate interactions (same user, item and time)")
+        else:
+            unique = np.ones(len(trip), dtype=bool)
     if not raw.sequences_are_final and d.kcore > 1:
-        keep = kcore_filter(user_idx, item_idx, d.kcore)
-        skipped["interactions_removed_by_kcore"] = int((~keep).sum())
+        keep = kcore_filter(user_idx, item_idx, d.kcore, unique)
+        skipped["interactions_removed_by_kcore"] = int((~keep & unique).sum())
         user_idx, item_idx, orders = user_idx[keep], item_idx[keep], raw.orders[keep]
         file_pos = np.flatnonzero(keep)
+    elif not raw.sequences_are_final:
+        file_pos = np.flatnonzero(unique)
+        user_idx, item_idx, orders = user_idx[unique], item_idx[unique], raw.orders[unique]
     else:
         orders, file_pos = raw.orders, np.arange(len(item_idx))
     if len(item_idx) == 0:
@@ -109,6 +123,11 @@ def normalize(raw: RawDataset, cfg: Config, log: Callable[[str], None] = print):
                             "data.on_short_sequence=skip to skip such users)")
         skipped["users_with_short_sequences"] = int(short.sum())
         log(f"prepare: skipped {int(short.sum())} users with fewer than {d.min_sequence_length} interactions")
+        if short.all():
+            raise DataError(f"{raw.source}: all {len(lengths)} users have fewer than data.min_sequence_length = "
+                            f"{d.min_sequence_length} interactions (the longest has {int(lengths.max())}); "
+                            "leave-one-out needs longer histories. Check data.user_column (a column unique per "
+                            "row makes every user a single interaction) or lower data.kcore")
     # dense item ids 1..N over the items that remain, in items-file order
     kept_users = np.flatnonzero(~short)
     kept_mask = np.repeat(~short, lengths)
@@ -204,7 +223,9 @@ def prepare_stage(cfg: Config, run: Path, log: Callable[[str], None] = print) ->
         for split in artifacts.SPLITS:
             shards[split] = _write_shards(tmp / "sequences" / split, examples[split], cfg.data.rows_per_shard,
                                           seed=SHARD_ORDER_SEED, shuffle=(split == "train"))
-    # move the finished files into the run directory
+    # move the finished files into the run directory; the manifest goes first and comes back last, so an
+    # interrupted swap reads as "not prepared" rather than as a mix of old and new files under the old manifest
+    (run / artifacts.MANIFEST).unlink(missing_ok=True)
     for name in ("items.parquet", "interactions.parquet", "item_vectors.npy", "sequences"):
         src = run / ".prepare" / name
         dst = run / name
@@ -220,11 +241,42 @@ def prepare_stage(cfg: Config, run: Path, log: Callable[[str], None] = print) ->
         num_interactions=int(lengths.sum()), splits=counts, shards=shards, skipped=skipped,
         max_history=cfg.data.max_history, schema={f.name: str(f.type) for f in SEQUENCE_SCHEMA},
         item_file_hash=artifacts.file_hash(run / "items.parquet"),
+        interactions_hash=artifacts.file_hash(run / "interactions.parquet"),  # in the hash: sequences changed
+        inputs=input_fingerprint(cfg.data),
     )
     log(f"prepare: {manifest['num_users']:,} users, {manifest['num_items']:,} items, "
         f"{manifest['num_interactions']:,} interactions; examples train {counts['train']:,} / valid "
         f"{counts['valid']:,} / test {counts['test']:,}; {sum(shards.values())} shards ({time.time() - t0:.1f}s)")
     return manifest
+
+
+def input_fingerprint(d) -> dict[str, list[int]]:
+    """{file: [size, mtime_ns]} of the dataset files under data.path (the file itself when it is one; nothing for
+    the synthetic catalog): a prepared run is stale when its input files changed since (`stale_inputs`)."""
+    if not d.path or d.format == "synthetic":
+        return {}
+    root = Path(d.path).resolve()
+    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file()) if root.is_dir() else []
+    out = {}
+    for f in files:
+        st = f.stat()
+        out[str(f.relative_to(root)) if f != root else f.name] = [st.st_size, st.st_mtime_ns]
+    return out
+
+
+def stale_inputs(manifest: dict, d) -> str | None:
+    """Why the prepared data no longer matches the dataset files (None when it does, or when the manifest
+    predates input fingerprints)."""
+    saved = manifest.get("inputs")
+    if saved is None:
+        return None
+    now = input_fingerprint(d)
+    changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+    if not changed:
+        return None
+    what = ", ".join(f"{k} ({'added' if k not in saved else 'removed' if k not in now else 'modified'})"
+                     for k in changed[:3])
+    return f"built from dataset files that changed since: {what}{', ...' if len(changed) > 3 else ''}"
 
 
 def _remove(path: Path) -> None:

@@ -37,12 +37,16 @@ def _trial_name(trial) -> str:
 def prepare_shared(cfg: Config, data_run: Path, log: Callable[[str], None]) -> dict:
     """prepare + embed once per sweep into OUT/data; a rerun (resume) reuses what matches the config."""
     from s2gr_ray.data.embed import embed_stage
-    from s2gr_ray.data.prepare import prepare_stage
+    from s2gr_ray.data.prepare import prepare_stage, stale_inputs
 
     manifest = data_run / artifacts.MANIFEST
-    if manifest.exists() and artifacts.read_json(manifest).get("config_hash") == cfg.section_hash("data"):
+    saved = artifacts.read_json(manifest) if manifest.exists() else {}
+    stale = stale_inputs(saved, cfg.data) if saved else None
+    if saved.get("config_hash") == cfg.section_hash("data") and not stale:
         log(f"tune: reusing the prepared data in {data_run}")
     else:
+        if stale:
+            log(f"tune: re-preparing {data_run}: {stale}")
         prepare_stage(cfg, data_run, log)
     return embed_stage(cfg, data_run, log)
 

@@ -100,7 +100,7 @@ def utf8_lines(path: Path):
         with _open_binary(path) as fh:
             for lineno, raw in enumerate(fh, start=1):
                 try:
-                    line = raw.decode("utf-8")
+                    line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")  # a leading BOM is dropped
                 except UnicodeDecodeError as exc:
                     raise DataError(f"{path}:{lineno}: not valid UTF-8 ({exc.reason}); re-encode the file as "
                                     "UTF-8") from None

@@ -1,0 +1,95 @@
+"""Prepared data that must not go stale or leak, and inputs that used to end badly: dataset files edited after
+prepare, a data hash blind to the sequences, every user too short, duplicate (user, item, time) rows, a BOM in
+sequences.txt, a missing items file. Tiny temp files; no Ray."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from s2gr_ray.cli import artifact_mismatch
+from s2gr_ray.config import load_config
+from s2gr_ray.data.ingest import DataError
+from s2gr_ray.data.prepare import prepare_stage
+
+ITEMS = [{"item_id": f"i{i}", "title": f"Item {i}"} for i in range(1, 7)]
+
+
+def _dataset(root: Path, lines: list[str], bom: bool = False) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    text = "\n".join(lines) + "\n"
+    (root / "sequences.txt").write_bytes((b"\xef\xbb\xbf" if bom else b"") + text.encode())
+    (root / "items.jsonl").write_text("\n".join(json.dumps(i) for i in ITEMS) + "\n")
+    return root
+
+
+def _cfg(root: Path, *extra: str):
+    return load_config(None, ["data.format=sequences", f"data.path={root}", *extra])
+
+
+def test_a_dataset_file_edited_after_prepare_makes_the_prepared_data_stale(tmp_path):
+    root = _dataset(tmp_path / "ds", ["u1 i1 i2 i3 i4", "u2 i2 i3 i4 i1"])
+    cfg, run = _cfg(root), tmp_path / "run"
+    prepare_stage(cfg, run, log=lambda m: None)
+    assert artifact_mismatch("prepare", cfg, run) is None
+    seq = root / "sequences.txt"
+    seq.write_text("u1 i1 i2 i3\nu2 i4 i5 i6\n")
+    st = seq.stat()
+    os.utime(seq, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # a later edit, whatever the clock's resolution
+    reason = artifact_mismatch("prepare", cfg, run)
+    assert reason and "changed since" in reason and "sequences.txt (modified)" in reason
+    (root / "extra.txt").write_text("x")
+    assert "extra.txt (added)" in artifact_mismatch("prepare", cfg, run)
+
+
+def test_the_data_hash_follows_the_sequences_not_only_the_catalog(tmp_path):
+    """Same items and counts, other order: tokenizers (co-occurrence) and training resumes key on this hash."""
+    first = prepare_stage(_cfg(_dataset(tmp_path / "a", ["u1 i1 i2 i3 i4", "u2 i2 i3 i4 i1"])), tmp_path / "ra",
+                          log=lambda m: None)
+    second = prepare_stage(_cfg(_dataset(tmp_path / "b", ["u1 i4 i3 i2 i1", "u2 i1 i4 i3 i2"])), tmp_path / "rb",
+                           log=lambda m: None)
+    assert first["item_file_hash"] == second["item_file_hash"] and first["num_interactions"] == 8
+    assert first["hash"] != second["hash"]
+
+
+def test_every_user_too_short_is_a_clear_error(tmp_path):
+    root = _dataset(tmp_path / "ds", ["u1 i1 i2", "u2 i3 i4"])
+    with pytest.raises(DataError, match=r"all 2 users have fewer than data.min_sequence_length = 3 .*longest has 2"):
+        prepare_stage(_cfg(root), tmp_path / "run", log=lambda m: None)
+    assert not (tmp_path / "run" / "manifest.json").exists()
+
+
+def test_duplicate_timed_interactions_are_dropped_and_counted(tmp_path):
+    """An interactions file concatenated twice: without dropping the copies the test target (the last item) would
+    also be the last history item."""
+    root = tmp_path / "ds"
+    root.mkdir()
+    rows = ["u1,i1,10", "u1,i2,20", "u1,i3,30", "u1,i4,40"]
+    (root / "interactions.csv").write_text("user_id,item_id,when\n" + "\n".join(rows + rows) + "\n")
+    (root / "items.csv").write_text("item_id,title\n" + "".join(f"i{i},Item {i}\n" for i in range(1, 5)))
+    cfg = load_config(None, ["data.format=tables", f"data.path={root}", "data.interactions_file=interactions.csv",
+                             "data.items_file=items.csv", "data.time_column=when", "data.kcore=1"])
+    logs: list[str] = []
+    manifest = prepare_stage(cfg, tmp_path / "run", log=logs.append)
+    assert manifest["skipped"]["duplicate_interactions"] == 4 and manifest["num_interactions"] == 4
+    test = pq.read_table(tmp_path / "run" / "sequences" / "test").to_pylist()
+    assert len(test) == 1 and test[0]["target"] not in test[0]["history"]
+    assert any("dropped 4 duplicate interactions" in line for line in logs)
+
+
+def test_a_bom_in_sequences_txt_is_not_part_of_the_first_user(tmp_path):
+    root = _dataset(tmp_path / "ds", ["u1 i1 i2 i3 i4", "u2 i2 i3 i4 i1"], bom=True)
+    prepare_stage(_cfg(root), tmp_path / "run", log=lambda m: None)
+    users = pq.read_table(tmp_path / "run" / "interactions.parquet").column("raw_user").to_pylist()
+    assert set(users) == {"u1", "u2"}
+
+
+def test_a_missing_items_file_names_the_key(tmp_path):
+    root = _dataset(tmp_path / "ds", ["u1 i1 i2 i3 i4"])
+    (root / "items.jsonl").unlink()
+    with pytest.raises(DataError, match=r"items.jsonl: file not found \(files in .*sequences.txt\); set "
+                                        r"data.items_file="):
+        prepare_stage(_cfg(root), tmp_path / "run", log=lambda m: None)
