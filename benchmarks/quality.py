@@ -75,6 +75,8 @@ def run_arm(arm: str, seed: int, args, base: Path, work: Path) -> dict:
         check_same_settings(run, settings)
         log(f"{arm} seed {seed}: reusing {run / 'metrics.json'}")
         return json.loads((run / "metrics.json").read_text())
+    if args.force:  # retrain from scratch: Ray Train would otherwise resume the finished run's checkpoints
+        shutil.rmtree(run / "train", ignore_errors=True)
     link_data(base, run)
     (run / ARM_SETTINGS).write_text(json.dumps(settings, indent=1, sort_keys=True, default=list))
     tok_cache = work / "tokenizers" / cfg.section_hash("tokenizer", "seed")

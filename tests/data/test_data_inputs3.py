@@ -93,3 +93,15 @@ def test_a_missing_items_file_names_the_key(tmp_path):
     with pytest.raises(DataError, match=r"items.jsonl: file not found \(files in .*sequences.txt\); set "
                                         r"data.items_file="):
         prepare_stage(_cfg(root), tmp_path / "run", log=lambda m: None)
+
+
+def test_csv_errors_name_the_files_line_past_blank_lines(tmp_path):
+    """pyarrow skips blank lines, so 'row N' is not line N + 1: the error must point at the line to fix."""
+    root = tmp_path / "ds"
+    root.mkdir()
+    (root / "interactions.csv").write_text("user_id,item_id\nu1,i1\n\n\nu1,i2\n\nu1,zz\nu1,i3\n")
+    (root / "items.csv").write_text("item_id,title\ni1,One\ni2,Two\ni3,Three\n")
+    cfg = load_config(None, ["data.format=tables", f"data.path={root}", "data.interactions_file=interactions.csv",
+                             "data.items_file=items.csv", "data.time_column="])
+    with pytest.raises(DataError, match=r"row 3 \(line 7\): item 'zz' is not in"):
+        prepare_stage(cfg, tmp_path / "run", log=lambda m: None)

@@ -30,7 +30,8 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
 from s2gr_ray.config import DataConfig
-from s2gr_ray.data.formats.tables import GZIP_ERRORS, gzip_error, ids_as_text, is_gzip, read_csv_table
+from s2gr_ray.data.formats.tables import (GZIP_ERRORS, csv_line, gzip_error, ids_as_text, is_gzip,
+                                          read_csv_table)
 from s2gr_ray.data.ingest import DataError, RawDataset
 
 LAYOUT_FILES: dict[str, tuple[str, str]] = {  # (ratings, movies)
@@ -203,7 +204,7 @@ def _read_latest(folder: Path):
     for i, (movie_id, title, genres) in enumerate(zip(*(table.column(c).to_pylist()
                                                            for c in ("movieId", "title", "genres")))):
         if movie_id in movies:
-            raise DataError(f"{movie_path}:{i + 2}: duplicate movieId {movie_id!r}")
+            raise DataError(f"{movie_path}:{csv_line(movie_path, i)}: duplicate movieId {movie_id!r}")
         genre_text = "" if genres == _NO_GENRES else " | ".join(g for g in genres.split("|") if g)
         movies[movie_id] = {k: v for k, v in {"title": title.strip(), "genres": genre_text}.items() if v}
     cols = ["userId", "movieId", "rating", "timestamp"]
@@ -212,13 +213,13 @@ def _read_latest(folder: Path):
     unknown = np.flatnonzero(~pc.is_in(items, value_set=pa.array(list(movies), pa.string())).to_numpy(
         zero_copy_only=False))
     if len(unknown):
-        raise DataError(f"{ratings_path}:{unknown[0] + 2}: movie {items[int(unknown[0])].as_py()!r} is not in "
+        raise DataError(f"{ratings_path}:{csv_line(ratings_path, int(unknown[0]))}: movie {items[int(unknown[0])].as_py()!r} is not in "
                         f"{movie_path}; is the folder complete?")
     for name in ("rating", "timestamp"):
         col = ratings.column(name)
         if col.null_count or not (pa.types.is_integer(col.type) or pa.types.is_floating(col.type)):
             bad = next((i for i, v in enumerate(col.to_pylist()) if not _is_number(v)), 0)
-            raise DataError(f"{ratings_path}:{bad + 2}: {name} {col[bad].as_py()!r} is not a number")
+            raise DataError(f"{ratings_path}:{csv_line(ratings_path, bad)}: {name} {col[bad].as_py()!r} is not a number")
     users = ids_as_text(ratings.column("userId"), ratings_path, "userId")
     return movies, (users.to_pylist(), items.to_pylist(),
                     ratings.column("rating").to_numpy().astype(np.float64),

@@ -220,8 +220,24 @@ def _first(mask: pa.ChunkedArray | pa.Array) -> int | None:
 
 
 def _row(path: Path, index: int) -> str:
-    """'row 5 (line 6)' for CSV (header on line 1), 'row 5' for other tables; index is 0-based."""
-    return f"row {index + 1} (line {index + 2})" if table_kind(path) == "csv" else f"row {index + 1}"
+    """'row 5 (line 7)' for CSV (the file's line, past the header and any blank lines), 'row 5' for other tables;
+    index is 0-based. Error path only: a CSV is rescanned to find the line."""
+    return f"row {index + 1} (line {csv_line(path, index)})" if table_kind(path) == "csv" else f"row {index + 1}"
+
+
+def csv_line(path: Path, index: int) -> int:
+    """The line of data row ``index`` (0-based) of a CSV file: pyarrow skips blank lines, so row + 2 can be
+    wrong; quoted fields may span lines. Falls back to index + 2 when the file ends first."""
+    with _open_binary(path) as fh:
+        reader = csv.reader((raw.decode("utf-8", "replace") for raw in fh))
+        rows = -1  # the header is row -1
+        for row in reader:
+            if not row:
+                continue
+            if rows == index:
+                return reader.line_num
+            rows += 1
+    return index + 2
 
 
 def ids_as_text(col: pa.ChunkedArray, path: Path, name: str) -> pa.ChunkedArray:
