@@ -6,12 +6,13 @@
 
 Inference is the trie-constrained beam search of S2GR.md "Inference" (no invalid item can be returned); each
 thinking vector is read back as its nearest coarse cluster (cosine via the align projection), labelled by the
-catalog items of that cluster (labels.py). Id resolution: ``id_type="item_id"`` (dense ids 1..N), ``"raw_id"``
-(the dataset's original ids) or ``"auto"`` (per history, the reading under which more ids are known; when
-both readings know as many ids but name different items, as with numeric raw ids, the history is *ambiguous*: an
-empty result whose ``reason`` asks for an explicit id_type). Unknown ids are reported in ``Recommendation.unknown``, never silently dropped. A history without
-a single known item gives an *empty* result whose ``reason`` says why (so batch scoring never dies on one bad
-user). Histories longer than the model's max_history keep the newest items (``truncated`` counts the dropped).
+catalog items of that cluster (labels.py). Id resolution: ``id_type="item_id"`` (dense ids 1..N), ``"raw_id"`` (the
+dataset's original ids) or ``"auto"`` (per history, the reading under which more ids are known; when both readings
+know as many ids but name different items, as with numeric raw ids, the history is *ambiguous*: an empty result
+whose ``reason`` asks for an explicit id_type). Unknown ids are reported in ``Recommendation.unknown``, never
+silently dropped. A history without a single known item gives an *empty* result whose ``reason`` says why (so batch
+scoring never dies on one bad user). Histories longer than the model's max_history keep the newest items
+(``truncated`` counts the dropped).
 
 Shape legend: B users, T history items, L SID levels, L_sem semantic levels, K beams / recommended items.
 """

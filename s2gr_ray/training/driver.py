@@ -7,7 +7,6 @@ same `train.run_name` and storage path resumes from the latest checkpoint (Ray T
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from pathlib import Path
@@ -106,7 +105,9 @@ def check_resume(storage: str, run_name: str, settings: dict[str, Any], log: Cal
 def _check_resources(cfg: Config) -> None:
     import ray
 
-    if cfg.train.use_gpu and not (cfg.ray.address or os.environ.get("RAY_ADDRESS")):
+    from s2gr_ray.training.ray_env import cluster_address
+
+    if cfg.train.use_gpu and not cluster_address(cfg.ray):
         if ray.cluster_resources().get("GPU", 0) < cfg.train.num_workers * cfg.train.gpus_per_worker:
             raise TrainingError(
                 f"train.use_gpu = true asks for {cfg.train.num_workers} GPU worker(s) but this local Ray has "

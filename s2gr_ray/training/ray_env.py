@@ -27,13 +27,18 @@ def worker_env(use_gpu: bool) -> dict[str, str]:
     return env
 
 
+def cluster_address(cfg: RayConfig) -> str:
+    """The Ray cluster to connect to: ray.address, else RAY_ADDRESS; "" = a local Ray in this process."""
+    return cfg.address or os.environ.get("RAY_ADDRESS", "")
+
+
 def init_ray(cfg: RayConfig, use_gpu: bool = False, log: Callable[[str], None] = print) -> None:
     """Start or connect to Ray once per process."""
     import ray
 
     if ray.is_initialized():
         return
-    address = cfg.address or os.environ.get("RAY_ADDRESS", "")
+    address = cluster_address(cfg)
     runtime_env = {"env_vars": worker_env(use_gpu)}
     if address:
         log(f"ray: connecting to {address}")

@@ -15,7 +15,6 @@ A failed trial ends as ERROR in the table and the sweep goes on.
 from __future__ import annotations
 
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -36,17 +35,16 @@ def _trial_name(trial) -> str:
 
 def prepare_shared(cfg: Config, data_run: Path, log: Callable[[str], None]) -> dict:
     """prepare + embed once per sweep into OUT/data; a rerun (resume) reuses what matches the config."""
+    from s2gr_ray.cli import artifact_mismatch
     from s2gr_ray.data.embed import embed_stage
-    from s2gr_ray.data.prepare import prepare_stage, stale_inputs
+    from s2gr_ray.data.prepare import prepare_stage
 
-    manifest = data_run / artifacts.MANIFEST
-    saved = artifacts.read_json(manifest) if manifest.exists() else {}
-    stale = stale_inputs(saved, cfg.data) if saved else None
-    if saved.get("config_hash") == cfg.section_hash("data") and not stale:
+    reason = artifact_mismatch("prepare", cfg, data_run)  # the stage check of `s2gr run`: config and dataset files
+    if reason is None:
         log(f"tune: reusing the prepared data in {data_run}")
     else:
-        if stale:
-            log(f"tune: re-preparing {data_run}: {stale}")
+        if reason != "missing":
+            log(f"tune: re-preparing {data_run}: {reason}")
         prepare_stage(cfg, data_run, log)
     return embed_stage(cfg, data_run, log)
 
@@ -66,7 +64,9 @@ def concurrency(spec: SweepSpec, log: Callable[[str], None]) -> int:
     n = max(1, min(n, spec.num_samples))
     log(f"tune: {n} concurrent trial(s) from the cluster's {res.get('CPU', 0):g} CPU(s) / "
         f"{res.get('GPU', 0):g} GPU(s)")
-    if n < spec.num_samples and (spec.base.ray.address or os.environ.get("RAY_ADDRESS")):
+    from s2gr_ray.training.ray_env import cluster_address
+
+    if n < spec.num_samples and cluster_address(spec.base.ray):
         log("tune: note: that counts the nodes up now; an autoscaling cluster adds nodes only for work that is "
             "pending, so pass --max-concurrent N (or max_concurrent_trials: N) to run N trials at a time")
     return n

@@ -213,13 +213,15 @@ def _read_latest(folder: Path):
     unknown = np.flatnonzero(~pc.is_in(items, value_set=pa.array(list(movies), pa.string())).to_numpy(
         zero_copy_only=False))
     if len(unknown):
-        raise DataError(f"{ratings_path}:{csv_line(ratings_path, int(unknown[0]))}: movie {items[int(unknown[0])].as_py()!r} is not in "
-                        f"{movie_path}; is the folder complete?")
+        first = int(unknown[0])
+        raise DataError(f"{ratings_path}:{csv_line(ratings_path, first)}: movie {items[first].as_py()!r} is not "
+                        f"in {movie_path}; is the folder complete?")
     for name in ("rating", "timestamp"):
         col = ratings.column(name)
         if col.null_count or not (pa.types.is_integer(col.type) or pa.types.is_floating(col.type)):
             bad = next((i for i, v in enumerate(col.to_pylist()) if not _is_number(v)), 0)
-            raise DataError(f"{ratings_path}:{csv_line(ratings_path, bad)}: {name} {col[bad].as_py()!r} is not a number")
+            raise DataError(f"{ratings_path}:{csv_line(ratings_path, bad)}: {name} {col[bad].as_py()!r} is not a "
+                            "number")
     users = ids_as_text(ratings.column("userId"), ratings_path, "userId")
     return movies, (users.to_pylist(), items.to_pylist(),
                     ratings.column("rating").to_numpy().astype(np.float64),
