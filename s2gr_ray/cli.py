@@ -111,6 +111,12 @@ def artifact_mismatch(stage: str, cfg: Config, out: Path) -> str | None:
         stale = stale_inputs(manifest, cfg.data)
         if stale:
             return stale
+    if stage == "embed":
+        from s2gr_ray.data.embed import stale_model
+
+        stale = stale_model(manifest, cfg.embed)
+        if stale:
+            return stale
     for up in upstream:
         reason = artifact_mismatch(up, cfg, out)
         if reason is not None:

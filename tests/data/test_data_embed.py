@@ -63,3 +63,43 @@ def test_precomputed_mismatch_and_nan(run, tmp_path):
 def test_synthetic_planted_vectors(run):
     embed_stage(load_config(None, SMALL + ["embed.path=synthetic"]), run, log=lambda s: None)
     assert np.array_equal(load_embeddings(run)[0], np.load(run / "item_vectors.npy"))  # the planted vectors
+
+
+def test_model_changed_in_place_is_re_encoded(run, tmp_path):
+    """A model folder whose files change (retrained or replaced under the same path) invalidates the run's
+    embeddings and the shared cache; a manifest written before fingerprints is still reused."""
+    import shutil
+
+    from s2gr_ray import artifacts
+    from s2gr_ray.cli import artifact_mismatch
+    from s2gr_ray.data.embed import model_fingerprint, resolve_model
+
+    model = tmp_path / "model"
+    shutil.copytree(resolve_model("all-MiniLM-L6-v2"), model)
+    cfg = load_config(None, SMALL + [f"embed.model={model}", f"embed.cache_dir={tmp_path / 'cache'}"])
+    first = embed_stage(cfg, run, log=lambda s: None)
+    assert first["model_fingerprint"] == model_fingerprint(str(model)) != ""
+    assert artifact_mismatch("embed", cfg, run) is None
+    logs: list[str] = []
+    embed_stage(cfg, run, log=logs.append)
+    assert any("reusing" in line for line in logs)
+
+    (model / "notes.txt").write_text("retrained\n")  # any change of the model's files
+    assert model_fingerprint(str(model)) != first["model_fingerprint"]
+    assert "replaced in place" in artifact_mismatch("embed", cfg, run)
+    logs.clear()
+    second = embed_stage(cfg, run, log=logs.append)
+    assert any("re-encoding" in line for line in logs) and any("encoding 40 item texts" in line for line in logs)
+    assert second["hash"] != first["hash"]  # the tokenizer built on the old vectors no longer matches
+    assert len(list((tmp_path / "cache").glob("*.npy"))) == 2  # one cache entry per model fingerprint
+    assert artifact_mismatch("embed", cfg, run) is None
+
+    # a manifest from before fingerprints: reused as it is (no silent invalidation of existing runs)
+    folder = artifacts.embeddings_dir(run)
+    legacy = {k: v for k, v in artifacts.read_json(folder / artifacts.MANIFEST).items() if k != "model_fingerprint"}
+    artifacts.write_json(folder / artifacts.MANIFEST, legacy)
+    (model / "notes.txt").write_text("retrained again\n")
+    assert artifact_mismatch("embed", cfg, run) is None
+    logs.clear()
+    embed_stage(cfg, run, log=logs.append)
+    assert any("reusing" in line for line in logs)
