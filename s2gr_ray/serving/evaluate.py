@@ -99,6 +99,21 @@ def run_eval_settings(run: str | Path) -> tuple[dict[str, Any], str]:
     return settings, "eval defaults (RUN has no config.yaml or metrics.json)"
 
 
+def run_user_limit(run: str | Path, split: str) -> int:
+    """How many users of ``split`` RUN's own metrics cover (eval.max_users; eval.valid_users for valid), 0 = all
+    or unknown (no readable RUN/config.yaml)."""
+    from s2gr_ray.config import ConfigError, config_from_dict, read_yaml_mapping
+
+    path = Path(run) / "config.yaml"
+    try:
+        ev = config_from_dict(read_yaml_mapping(path, "run config") or {}).eval if path.is_file() else None
+    except ConfigError:
+        return 0
+    if ev is None:
+        return 0
+    return int((ev.valid_users or ev.max_users) if split == "valid" else ev.max_users)
+
+
 def resolve_eval_settings(run: str | Path, beam_size: int | None, ks: Sequence[int] | None,
                           min_history_view: int | None) -> tuple[dict[str, Any], str]:
     """Explicit values win; each one left None comes from the run's own eval settings (`run_eval_settings`).
@@ -119,7 +134,8 @@ def evaluate_run(run: str | Path, split: str = "test", beam_size: int | None = N
                  log: Callable[[str], None] = print) -> dict[str, Any]:
     """Evaluate RUN/model on ``split``. beam_size / ks / min_history_view left None are the run's own eval.*
     settings (RUN/config.yaml, else metrics.json's cut-offs, else the defaults 20 / 5,10 / 10), so the result
-    matches the run's metrics.json; given values win."""
+    matches the run's metrics.json when both cover the same users; given values win. ``max_users`` 0 evaluates
+    every user of the split, also when the run itself was tested on its first eval.max_users (a note says so)."""
     import ray.data
 
     from s2gr_ray.config import RayConfig
@@ -167,6 +183,12 @@ def evaluate_run(run: str | Path, split: str = "test", beam_size: int | None = N
         # each call takes EVAL_GROUP batches' users and searches them in length-sorted batches of batch_size
         compute=ray.data.ActorPoolStrategy(size=concurrency), batch_size=batch_size * EVAL_GROUP, batch_format="numpy",
         zero_copy_batch=False, **res)  # writable arrays for torch.as_tensor
+    limit = run_user_limit(run, split)
+    if limit and max_users != limit:
+        key = "eval.valid_users" if split == "valid" else "eval.max_users"
+        log(f"evaluate: note: the run's own {split} metrics cover its first {limit} users ({key} in config.yaml); "
+            f"this evaluates {f'the first {max_users}' if max_users else 'every user'} (--max-users {limit} for the "
+            "same users)")
     log(f"evaluate: {run.name}/model on {split} (beam {beam_size}, {concurrency} actor(s), batch {batch_size}"
         f"{f', first {max_users} users' if max_users else ''})")
     t0 = time.time()

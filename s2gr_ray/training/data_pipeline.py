@@ -1,7 +1,8 @@
 """⑤ Ray Data: stream the sharded parquet sequence files and turn item ids into SID tensors.
 
 Shards hold item ids (one set of shards serves every tokenizer of a sweep); the id → SID mapping runs inside
-Ray Data's `map_batches` on CPU workers, vectorized with numpy over Arrow buffers, so training workers receive ready tensors:
+Ray Data's `map_batches` on CPU workers, vectorized with numpy over Arrow buffers, so training workers receive
+ready tensors:
 
     history       int32 [B, T, L]   SID codes of the history items, oldest first, left-aligned, 0 at padding
     history_mask  bool  [B, T]      True where a real item is
@@ -104,7 +105,8 @@ def build_datasets(run: Path, sids: np.ndarray, max_history: int, splits=("train
     mapper = SidMapper(sids, max_history)
     out = {}
     for split in splits:
-        ds = ray.data.read_parquet(shard_files(run, split)).select_columns(["user_id", "history", "target", "history_len"])
+        ds = ray.data.read_parquet(shard_files(run, split))
+        ds = ds.select_columns(["user_id", "history", "target", "history_len"])
         if max_rows and max_rows.get(split):
             ds = ds.limit(max_rows[split])
         out[split] = ds.map_batches(mapper, batch_format="pyarrow", batch_size=1024)
@@ -183,6 +185,15 @@ def length_grouped(batches: Iterable[dict[str, np.ndarray]], group: int, seed: i
         yield from flush()
 
 
+def _rows_of_part(batches: Iterable[dict[str, np.ndarray]], rank: int, world: int) -> Iterator[dict[str, np.ndarray]]:
+    for b in batches:
+        keep = np.asarray(b["user_id"]) % world == rank
+        if keep.all():
+            yield b
+        elif keep.any():
+            yield {k: v[keep] for k, v in b.items()}
+
+
 def _to_torch(batch: dict[str, np.ndarray]) -> dict[str, Any]:
     import torch
 
@@ -205,10 +216,15 @@ def train_batches(shard, micro_batch: int, seed: int | None = None, group: int =
         yield _to_torch(length_chunks(trim_history(b, multiple), chunks))
 
 
-def eval_batches(shard, batch_size: int, group: int = 1):
+def eval_batches(shard, batch_size: int, group: int = 1, part: tuple[int, int] = (0, 1)):
     """Evaluation batches (every row once, no shuffle): length-grouped over ``group`` batches and trimmed, as torch
-    tensors. Metric sums do not depend on which users share a batch."""
+    tensors. Metric sums do not depend on which users share a batch. ``part`` (rank, world): only the users with
+    user_id % world == rank, so workers that each read the whole split evaluate disjoint users that cover it all
+    (Ray's equal streaming split would drop the remainder rows)."""
     batches = shard.iter_batches(batch_size=batch_size, batch_format="numpy")
+    rank, world = part
+    if world > 1:
+        batches = _rows_of_part(batches, rank, world)
     if group > 1:
         batches = length_grouped(batches, group, 0)
     for b in batches:

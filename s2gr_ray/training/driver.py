@@ -177,7 +177,10 @@ def train_stage(cfg: Config, run: Path, log: Callable[[str], None] = print, call
             callbacks=list(callbacks or []),
         ),
         datasets=datasets,
-        dataset_config=DataConfig(execution_options=ingest),
+        # only train is split across workers (equal streaming split: drops < num_workers remainder rows, which
+        # drop_last does anyway); valid/test are read whole by each worker and cut by user id (evaluate_shard), so
+        # every user is evaluated exactly once
+        dataset_config=DataConfig(datasets_to_split=["train"], execution_options=ingest),
     )
     log(f"train: {cfg.train.num_workers} worker(s), engine {cfg.train.engine} (ZeRO-{cfg.train.zero_stage}), "
         f"{data_manifest['splits']['train']:,} training examples, storage {storage}/{cfg.train.run_name}")

@@ -47,14 +47,17 @@ def build_model(cfg, tok: dict[str, Any]):
                 [torch.tensor(np.asarray(m)) for m in tok["code_to_cluster"]], max_history=cfg.data.max_history)
 
 
-def evaluate_shard(model, shard, trie, cfg, device, batch_size: int) -> dict[str, float]:
-    """Metric sums over this worker's shard (aggregation across workers happens once, in the caller)."""
+def evaluate_shard(model, shard, trie, cfg, device, batch_size: int, part: tuple[int, int] = (0, 1)
+                   ) -> dict[str, float]:
+    """Metric sums over this worker's part of an evaluation split: every worker reads the whole split (the driver
+    does not split valid/test) and keeps the users with user_id % world == rank (``part``); aggregation across
+    workers happens once, in the caller."""
     from s2gr_ray.evaluation.evaluate import evaluate_batch
     from s2gr_ray.training.data_pipeline import EVAL_GROUP, eval_batches
 
     sums: dict[str, float] = {}
     model.eval()
-    for batch in eval_batches(shard, batch_size, EVAL_GROUP):
+    for batch in eval_batches(shard, batch_size, EVAL_GROUP, part):
         part = evaluate_batch(model, _to_device(batch, device), trie, cfg.eval.beam_size, cfg.eval.ks,
                               cfg.eval.min_history_view)
         for k, v in part.items():
@@ -62,13 +65,15 @@ def evaluate_shard(model, shard, trie, cfg, device, batch_size: int) -> dict[str
     return sums
 
 
-def all_reduce_sums(sums: dict[str, float], keys: list[str]) -> dict[str, float]:
+def all_reduce_sums(sums: dict[str, float], keys: list[str], device: torch.device | None = None) -> dict[str, float]:
+    """Sum the metric sums over the workers. The tensor lives on ``device``: an NCCL process group (GPU training)
+    reduces CUDA tensors only."""
     import torch.distributed as dist
 
-    vec = torch.tensor([sums.get(k, 0.0) for k in keys], dtype=torch.float64)
+    vec = torch.tensor([sums.get(k, 0.0) for k in keys], dtype=torch.float64, device=device)
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(vec)
-    return dict(zip(keys, vec.tolist()))
+    return dict(zip(keys, vec.cpu().tolist()))
 
 
 def metric_keys(cfg) -> list[str]:
@@ -229,7 +234,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         snapshot = engine.state_dict_for_export()
         eval_model.load_state_dict(snapshot)
         t_eval = time.time()
-        sums = all_reduce_sums(evaluate_shard(eval_model, valid_shard, trie, cfg, device, cfg.eval.batch_size), keys)
+        sums = all_reduce_sums(evaluate_shard(eval_model, valid_shard, trie, cfg, device, cfg.eval.batch_size,
+                                              (rank, world)), keys, device)
         valid = finalize(sums, cfg)
         value = valid["all"][monitor]
         improved = value > state["best"]
@@ -266,8 +272,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         best_state = engine.state_dict_for_export()
     eval_model.load_state_dict(best_state)
     test_shard = ray.train.get_dataset_shard("test")
-    test = finalize(all_reduce_sums(evaluate_shard(eval_model, test_shard, trie, cfg, device, cfg.eval.batch_size),
-                                    keys), cfg)
+    test = finalize(all_reduce_sums(evaluate_shard(eval_model, test_shard, trie, cfg, device, cfg.eval.batch_size,
+                                                   (rank, world)), keys, device), cfg)
     best_valid = state.get("best_valid") or {"all": {monitor: state["best"]}, "hist": {}}
     # the last epoch's train/* terms ride along: a sweep on metric train/loss needs it in every report (Ray Tune
     # stops the whole sweep on a result without its metric)

@@ -13,7 +13,7 @@ from s2gr_ray import artifacts
 from s2gr_ray.config import dump_yaml, load_config
 from s2gr_ray.serving.api import ServingError
 from s2gr_ray.serving.commands import add_parsers, run_command
-from s2gr_ray.serving.evaluate import resolve_eval_settings, run_eval_settings
+from s2gr_ray.serving.evaluate import resolve_eval_settings, run_eval_settings, run_user_limit
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -108,3 +108,17 @@ def test_metrics_json_that_is_not_a_mapping_falls_back_to_defaults(tmp_path):
     run.mkdir()
     (run / "metrics.json").write_text(json.dumps([1, 2]))
     assert run_eval_settings(run)[0]["ks"] == [5, 10]
+
+
+def test_the_runs_user_limit_is_read_for_the_note(tmp_path):
+    """A sweep trial tested on its first eval.max_users users: `s2gr evaluate` says its own count differs."""
+    run = tmp_path / "run"
+    run.mkdir()
+    assert run_user_limit(run, "test") == 0  # no config.yaml: unknown
+    cfg = load_config(None, ["eval.max_users=2000", "eval.valid_users=500"])
+    (run / "config.yaml").write_text(dump_yaml(cfg), encoding="utf-8")
+    assert run_user_limit(run, "test") == 2000 and run_user_limit(run, "valid") == 500
+    (run / "config.yaml").write_text(dump_yaml(load_config(None, ["eval.max_users=300"])), encoding="utf-8")
+    assert run_user_limit(run, "valid") == 300  # valid_users 0 = max_users
+    (run / "config.yaml").write_text("eval: [broken\n")
+    assert run_user_limit(run, "test") == 0
