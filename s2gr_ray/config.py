@@ -197,7 +197,6 @@ class TrainConfig:
     grad_clip: float = 1.0
     max_epochs: int = 30
     patience: int = 5  # epochs without validation improvement before stopping (0 = never stop early)
-    eval_every: int = 1
     monitor: str = "ndcg@10"
     keep_checkpoints: int = 2
     max_failures: int = 0
@@ -302,16 +301,17 @@ _POSITIVE = {
     "model.decoder_layers", "model.tau_align", "model.tau_infonce",
     "train.num_workers", "train.cpus_per_worker", "train.batch_size", "train.grad_accum_steps", "train.lr",
     "train.length_grouping",
-    "train.max_epochs", "train.eval_every", "train.keep_checkpoints", "train.log_every",
+    "train.max_epochs", "train.keep_checkpoints", "train.log_every",
     "eval.beam_size", "eval.batch_size",
 }
 _NON_NEGATIVE = {
     "data.kcore", "data.min_rating", "tokenizer.appnp_steps", "tokenizer.uniformity_margin",
     "tokenizer.uniformity_weight", "tokenizer.balance_gamma", "tokenizer.balance_max_bias",
     "tokenizer.commitment_beta", "tokenizer.kmeans_max_points", "tokenizer.log_every",
-    "model.aux_decoder_layers", "model.n_think", "model.w_rec", "model.w_align",
+    "model.aux_decoder_layers", "model.n_think", "model.w_align",
     "model.w_infonce", "model.w_reg", "train.weight_decay", "train.warmup_steps", "train.grad_clip",
-    "train.patience", "train.max_failures", "train.torch_threads", "train.encoder_chunks", "train.gpus_per_worker", "train.max_steps_per_epoch", "eval.min_history_view",
+    "train.patience", "train.max_failures", "train.torch_threads", "train.encoder_chunks", "train.gpus_per_worker",
+    "train.max_steps_per_epoch", "eval.min_history_view",
     "eval.max_users", "eval.valid_users", "ray.num_cpus",
 }
 _UNIT_INTERVAL = {"data.synthetic.stay_probability", "tokenizer.appnp_alpha", "model.dropout"}
@@ -326,6 +326,9 @@ def validate(cfg: Config) -> Config:
     for key in _POSITIVE:
         if not flat[key] > 0:
             raise ConfigError(f"{key} = {flat[key]!r} must be > 0")
+    if not flat["model.w_rec"] > 0:  # before the generic checks: say why
+        raise ConfigError(f"model.w_rec = {flat['model.w_rec']!r} must be > 0: the code heads learn only from L_Rec "
+                          "(without it the model cannot generate SIDs, and DDP fails on parameters without gradient)")
     for key in _NON_NEGATIVE:
         if flat[key] < 0:
             raise ConfigError(f"{key} = {flat[key]!r} must be >= 0")

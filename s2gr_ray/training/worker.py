@@ -143,7 +143,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         else None
     t_setup = time.time()
     model = build_model(cfg, tok)
-    engine = make_engine(model, cfg.train, world, steps_per_epoch * cfg.train.max_epochs, device)
+    # the LR schedule keeps the length of the run that started it: train.max_epochs may change on resume, and a
+    # schedule rebuilt to the new length would jump back up (past its end the schedule holds its final LR)
+    schedule_steps = state.setdefault("schedule_steps", steps_per_epoch * cfg.train.max_epochs)
+    if ckpt and rank == 0 and schedule_steps != steps_per_epoch * cfg.train.max_epochs:
+        print(f"[train] note: the LR schedule keeps the first run's {schedule_steps} steps (train.max_epochs changed "
+              "since); steps beyond it train at the schedule's final LR", flush=True)
+    engine = make_engine(model, cfg.train, world, schedule_steps, device)
     eval_model = build_model(cfg, tok).to(device)
     trie = PrefixTrie.from_sids(tok["sids"])
 
@@ -223,6 +229,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                     writer.add_scalar("train/samples_per_s", rate, step)
         term_sums = dict(zip(term_keys, term_acc.tolist())) if term_keys else {}  # waits for the epoch's last step
         epoch_time = time.time() - t0
+        if world > 1 and term_keys:  # every worker's steps, not rank 0's share (equal splits: same keys and count)
+            term_sums = all_reduce_sums({**term_sums, "steps": n_terms}, [*term_keys, "steps"], device)
+            n_terms = int(term_sums.pop("steps"))
         train_metrics = {f"train/{k}": v / max(n_terms, 1) for k, v in term_sums.items()}
         train_metrics["train/samples_per_s"] = seen / max(epoch_time, 1e-9)
         if seen_warm and seen > seen_warm:

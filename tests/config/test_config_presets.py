@@ -54,6 +54,8 @@ def test_dataset_location_override_on_preset():
     ("tokenizer.num_coarse=300", "tokenizer.num_coarse"),
     ("train.monitor=auc@10", "train.monitor"),
     ("model.detach_think=maybe", "model.detach_think"),
+    ("model.w_rec=0", "code heads learn only from L_Rec"),
+    ("train.eval_every=2", "unknown config key"),  # validation runs every epoch (early stopping counts epochs)
     ("train", "key=value"),
 ])
 def test_bad_values_name_the_key(override, needle):
