@@ -10,8 +10,12 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-ORDER = ["quality_cpu_chunks.md", "quality_cpu_conv2.md", "quality_cpu.md", "quality_cpu_long.md", "quality_cpu_conv.md", "quality_paper.md", "quality_paper_gpu_short.md",
-         "quality_cpu_grouped.md", "speed.md", "speed_beauty.md", "speed_gpu_beauty.md", "speed_ray.md", "speed_compile.md", "speed_compile_code.md", "quality_cpu_compile_probe.md", "speed_gpu.md", "speed_gpu_b2048.md", "speed_before_17d88e1.md", "tokenizer_beauty.md"]
+ORDER = ["quality_cpu_chunks.md", "quality_cpu_conv2.md", "quality_cpu.md", "quality_cpu_long.md",
+         "quality_cpu_conv.md",
+         "quality_paper.md", "quality_paper_gpu_short.md", "quality_cpu_grouped.md", "speed.md", "speed_beauty.md",
+         "speed_gpu_beauty.md", "speed_ray.md", "speed_compile.md", "speed_compile_code.md",
+         "quality_cpu_compile_probe.md", "speed_gpu.md", "speed_gpu_b2048.md", "speed_before_17d88e1.md",
+         "tokenizer_beauty.md"]  # any other table (a new --tag) follows these, by name
 
 
 def main() -> int:
@@ -23,6 +27,7 @@ def main() -> int:
     if notes.exists():
         parts += [notes.read_text().strip(), ""]
     found = [RESULTS / name for name in ORDER if (RESULTS / name).exists()]
+    found += sorted(p for p in RESULTS.glob("*.md") if p.name not in ORDER and p.name != "NOTES.md")
     if not found:
         print(f"no result tables in {RESULTS}; run the benchmarks first", file=sys.stderr)
         return 2

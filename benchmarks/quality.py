@@ -66,9 +66,7 @@ def run_arm(arm: str, seed: int, args, base: Path, work: Path) -> dict:
     from s2gr_ray.tokenizer.stage import tokenize_stage
     from s2gr_ray.training.driver import train_stage
 
-    overrides = [f"data.path={args.data}", f"seed={seed}", f"train.seed={seed}", f"tokenizer.seed={seed}",
-                 f"train.run_name={arm}_s{seed}", *ARMS[arm], *args.overrides]
-    cfg = load_config(PRESETS[args.scale], overrides)
+    cfg = load_config(PRESETS[args.scale], arm_overrides(arm, seed, args))
     run = work / f"{arm}_s{seed}"
     settings = arm_settings(cfg)
     if (run / "metrics.json").exists() and not args.force:
@@ -76,9 +74,12 @@ def run_arm(arm: str, seed: int, args, base: Path, work: Path) -> dict:
         log(f"{arm} seed {seed}: reusing {run / 'metrics.json'}")
         return json.loads((run / "metrics.json").read_text())
     if args.force:  # retrain from scratch: Ray Train would otherwise resume the finished run's checkpoints
-        shutil.rmtree(run / "train", ignore_errors=True)
+        (run / "metrics.json").unlink(missing_ok=True)  # an interrupted retrain must not leave the old metrics
+        (run / ARM_SETTINGS).unlink(missing_ok=True)
+        storage = Path(cfg.train.storage_path) if cfg.train.storage_path and "://" not in cfg.train.storage_path \
+            else run / "train"
+        shutil.rmtree(storage / cfg.train.run_name if cfg.train.storage_path else storage, ignore_errors=True)
     link_data(base, run)
-    (run / ARM_SETTINGS).write_text(json.dumps(settings, indent=1, sort_keys=True, default=list))
     tok_cache = work / "tokenizers" / cfg.section_hash("tokenizer", "seed")
     if tok_cache.exists() and not (run / "tokenizer").exists():
         shutil.copytree(tok_cache, run / "tokenizer")
@@ -87,6 +88,9 @@ def run_arm(arm: str, seed: int, args, base: Path, work: Path) -> dict:
         shutil.copytree(run / "tokenizer", tok_cache)
     t0 = time.time()
     metrics = train_stage(cfg, run, log=log)
+    # written once the arm's metrics.json is: the settings (and commit) those metrics were trained with
+    (run / ARM_SETTINGS).write_text(json.dumps({**settings, COMMIT_KEY: _commit()}, indent=1, sort_keys=True,
+                                               default=list))
     log(f"{arm} seed {seed}: test {json.dumps({k: round(metrics['test'][k], 4) for k in METRICS})} "
         f"({time.time() - t0:.0f}s)")
     return metrics
@@ -103,6 +107,40 @@ def arm_settings(cfg) -> dict:
     return {k: v for k, v in flatten(cfg).items() if not k.startswith(SPEED_ONLY)}
 
 
+TEXT_COLUMNS = ("arm", "settings", "commit")  # the other CSV columns are numbers
+COMMIT_KEY = "_commit"  # recorded beside the settings in ARM_SETTINGS, not compared
+PER_SEED = ("seed", "train.seed", "tokenizer.seed", "train.run_name")  # differ between the seeds of one arm
+
+
+def settings_diff(saved: dict, now: dict) -> list[str]:
+    """Keys whose values differ (config keys the code retired, e.g. an unread one, do not count)."""
+    from s2gr_ray.config import RETIRED_KEYS
+
+    now = json.loads(json.dumps(now, default=list))
+    return sorted(k for k in set(saved) | set(now)
+                  if k != COMMIT_KEY and k not in RETIRED_KEYS and saved.get(k) != now.get(k))
+
+
+def settings_key(settings: dict) -> str:
+    """Short hash of an arm's settings without the per-seed keys: the rows of one table row share it."""
+    import hashlib
+
+    from s2gr_ray.config import RETIRED_KEYS
+
+    kept = {k: v for k, v in settings.items() if k not in PER_SEED and k != COMMIT_KEY and k not in RETIRED_KEYS}
+    return hashlib.sha256(json.dumps(kept, sort_keys=True, default=list).encode()).hexdigest()[:10]
+
+
+def arm_overrides(arm: str, seed: int, args) -> list[str]:
+    return [f"data.path={args.data}", f"seed={seed}", f"train.seed={seed}", f"tokenizer.seed={seed}",
+            f"train.run_name={arm}_s{seed}", *ARMS[arm], *args.overrides]
+
+
+def expected_settings(arm: str, seed: int, args) -> dict:
+    """The settings this invocation trains (arm, seed) with."""
+    return arm_settings(load_config(PRESETS[args.scale], arm_overrides(arm, seed, args)))
+
+
 def check_same_settings(run: Path, settings: dict) -> None:
     """Refuse to reuse a finished arm trained with other settings (e.g. another train.max_epochs)."""
     path = run / ARM_SETTINGS
@@ -111,7 +149,7 @@ def check_same_settings(run: Path, settings: dict) -> None:
         return
     saved = json.loads(path.read_text())
     now = json.loads(json.dumps(settings, default=list))
-    diff = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+    diff = settings_diff(saved, now)
     if diff:
         shown = ", ".join(f"{k}: {saved.get(k)!r} then, {now.get(k)!r} now" for k in diff[:6])
         raise SystemExit(f"{run} was trained with other settings ({shown}{', ...' if len(diff) > 6 else ''}); "
@@ -141,7 +179,8 @@ def summarize(rows: list[dict]) -> list[str]:
     for r in rows:
         by_arm.setdefault(r["arm"], []).append(r)
     cols = METRICS + [f"{k}_hist10" for k in METRICS]
-    lines = ["| arm | seeds | " + " | ".join(cols) + " | epochs | s/epoch (median) | decode s/1k valid users (median) |",
+    lines = ["| arm | seeds | " + " | ".join(cols) + " | epochs | s/epoch (mean of per-seed medians) | "
+             "decode s/1k valid users (mean of per-seed medians) |",
              "|---|---|" + "---|" * (len(cols) + 3)]
     means = {}
     for arm, rs in by_arm.items():
@@ -152,9 +191,11 @@ def summarize(rows: list[dict]) -> list[str]:
             means[(arm, c)] = mu
             sd = statistics.stdev(vals) if len(vals) > 1 else 0.0
             cells.append(f"{mu:.4f}" + (f" ± {sd:.4f}" if len(vals) > 1 else ""))
-        ep = statistics.mean(r["epochs"] or 0 for r in rs)
-        spe = statistics.mean(r["sec_per_epoch"] or 0 for r in rs)
-        dec = statistics.mean(r["decode_sec_per_1k_users"] or 0 for r in rs)
+        def mean_of(key: str) -> float:
+            vals = [r[key] for r in rs if r.get(key) is not None]
+            return statistics.mean(vals) if vals else float("nan")
+
+        ep, spe, dec = mean_of("epochs"), mean_of("sec_per_epoch"), mean_of("decode_sec_per_1k_users")
         lines.append(f"| {arm} | {len(rs)} | " + " | ".join(cells) + f" | {ep:.1f} | {spe:.0f} | {dec:.1f} |")
     lines.append("")
     for other, claim in (("tiger", "S²GR vs TIGER (target: better on all four, >= +9.5% on average)"),
@@ -169,6 +210,9 @@ def summarize(rows: list[dict]) -> list[str]:
         if "s2gr" not in by_arm or other not in by_arm:
             continue
         seeds = sorted({r["seed"] for r in by_arm["s2gr"]} & {r["seed"] for r in by_arm[other]})  # paired seeds
+        if not seeds:
+            lines.append(f"- {claim}: no seed run for both arms yet")
+            continue
         mine = {c: statistics.mean(r[c] for r in by_arm["s2gr"] if r["seed"] in seeds) for c in METRICS}
         theirs = {c: statistics.mean(r[c] for r in by_arm[other] if r["seed"] in seeds) for c in METRICS}
         gains = {c: (mine[c] / theirs[c] - 1) * 100 for c in METRICS if theirs[c] > 0}
@@ -216,15 +260,22 @@ def main() -> int:
     cfg = load_config(PRESETS[args.scale], [f"data.path={args.data}", *args.overrides])
     if not (base / "manifest.json").exists():
         prepare_stage(cfg, base, log)
+    elif (Path(args.data) / "sequences.txt").exists():  # a base copied without the raw files is taken as it is
+        from s2gr_ray.cli import artifact_mismatch
+
+        stale = artifact_mismatch("prepare", cfg, base)
+        if stale:  # its shards are hard-linked into every arm's run: never rebuilt in place
+            print(f"{base} was {stale}: use a new --work folder for these data settings", file=sys.stderr)
+            return 2
     embed_stage(cfg, base, log)
     rows: list[dict] = []
     args.results.mkdir(parents=True, exist_ok=True)
     for seed in args.seeds:
         for arm in args.arms:
             run_arm(arm, seed, args, base, args.work)
-            rows = finished_rows(args.work)
+            rows = finished_rows(args.work, args)
             if not args.drop_earlier:
-                rows = with_earlier_rows(rows, args.results / f"quality_{args.scale}{args.tag}.csv")
+                rows = with_earlier_rows(rows, args.results / f"quality_{args.scale}{args.tag}.csv", args)
             write(rows, args)
     print("\n".join(summarize(rows)))
     return 0
@@ -239,9 +290,10 @@ def missing_data(base: Path, data: Path) -> str:
             "S2GR_BEAUTY_PATH (or --work a folder holding base_SCALE)")
 
 
-def finished_rows(work: Path) -> list[dict]:
+def finished_rows(work: Path, args) -> list[dict]:
     """One row per finished arm and seed in `work` (not only this invocation's), arms in ARMS order: adding seeds
-    or arms later keeps the earlier ones in the table."""
+    or arms later keeps the earlier ones in the table. A run trained with other settings than this invocation's
+    (another lr, epoch budget, ...) is left out, with a line saying so: one table row never mixes settings."""
     rows = []
     for arm in ARMS:
         runs = []
@@ -250,31 +302,51 @@ def finished_rows(work: Path) -> list[dict]:
             if name == arm and seed.isdigit():
                 runs.append((int(seed), path.parent))
         for seed, run in sorted(runs):
+            want = expected_settings(arm, seed, args)
+            saved_path = run / ARM_SETTINGS
+            saved = json.loads(saved_path.read_text()) if saved_path.exists() else None
+            if saved is not None and settings_diff(saved, want):
+                diff = settings_diff(saved, want)
+                log(f"not in the table: {run.name}, trained with other settings ({', '.join(diff[:4])}"
+                    f"{', ...' if len(diff) > 4 else ''})")
+                continue
             report_path = run / "tokenizer" / "report.json"
             report = json.loads(report_path.read_text()) if report_path.exists() else {}
-            rows.append(row_of(arm, seed, json.loads((run / "metrics.json").read_text()), report))
+            row = row_of(arm, seed, json.loads((run / "metrics.json").read_text()), report)
+            row["settings"] = settings_key(want)
+            row["commit"] = (saved or {}).get(COMMIT_KEY, "")
+            rows.append(row)
     return rows
 
 
-def with_earlier_rows(rows: list[dict], csv_path: Path) -> list[dict]:
+def with_earlier_rows(rows: list[dict], csv_path: Path, args) -> list[dict]:
     """`rows` plus the rows of an earlier results CSV for (arm, seed) pairs `rows` lacks, in ARMS and seed order: a
-    fresh checkout (empty work folder) that adds seeds extends the committed table instead of replacing it."""
+    fresh checkout (empty work folder) that adds seeds extends the committed table instead of replacing it. Only
+    rows whose `settings` key equals this invocation's for their arm are kept (a CSV row without one, written by an
+    older quality.py, cannot be checked and is left out, with a line saying so)."""
     if not csv_path.exists():
         return rows
     have = {(r["arm"], r["seed"]) for r in rows}
-    kept = []
+    kept, other = [], []
     with open(csv_path, newline="") as fh:
         for line, rec in enumerate(csv.DictReader(fh), start=2):
             try:
-                row = {k: (v if k == "arm" else int(v) if k == "seed" else float(v) if v != "" else None)
+                row = {k: (v if k in TEXT_COLUMNS else int(v) if k == "seed" else float(v) if v != "" else None)
                        for k, v in rec.items()}
             except (TypeError, ValueError) as exc:
                 raise SystemExit(f"{csv_path}, line {line}: cannot read the row ({exc}); fix or delete it, "
                                  "or pass --drop-earlier") from None
             if row["arm"] in ARMS and (row["arm"], row["seed"]) not in have:
-                kept.append(row)
+                if row.get("settings") == settings_key(expected_settings(row["arm"], row["seed"], args)):
+                    kept.append(row)
+                else:
+                    other.append(f"{row['arm']} seed {row['seed']}")
     if kept:
         log(f"keeping {len(kept)} earlier rows of {csv_path.name} ({', '.join(sorted({r['arm'] for r in kept}))})")
+    if other:
+        log(f"not keeping {len(other)} earlier rows of {csv_path.name} ({', '.join(other[:6])}"
+            f"{', ...' if len(other) > 6 else ''}): trained with other settings, or written without a settings key "
+            "by an older quality.py; use another --tag for these settings, or re-run those arms here")
     order = list(ARMS)
     return sorted(rows + kept, key=lambda r: (order.index(r["arm"]), r["seed"]))
 
@@ -286,15 +358,22 @@ def write(rows: list[dict], args) -> None:
         w = csv.DictWriter(fh, fieldnames=fields, restval="")
         w.writeheader()
         w.writerows(rows)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                            text=True).stdout.strip() or os.environ.get("S2GR_COMMIT", "unknown")  # copy without .git
+    commit = _commit()
+    commits = ", ".join(sorted({str(r["commit"]) for r in rows if r.get("commit")}))
     machine = f"{os.cpu_count()} CPU cores, " + (_gpu_name() or "no GPU")
     header = [f"# Quality benchmark ({args.scale} scale{', ' + args.tag.strip('_') if args.tag else ''})", "",
               f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; commit {commit}; machine: {machine}",
-              f"- command: `python benchmarks/quality.py {' '.join(sys.argv[1:])}`",
+              f"- command (the last that wrote this table): `python benchmarks/quality.py {' '.join(sys.argv[1:])}`",
+              f"- rows trained at commit(s): {commits or 'not recorded'} (the `commit` column; the rows of one arm "
+              "share its `settings` key)",
               "- test split, full ranking through trie-constrained beam search; `_hist10` = users with >= 10 history "
               "items (the paper's view)", ""]
     (args.results / f"quality_{args.scale}{args.tag}.md").write_text("\n".join(header + summarize(rows)) + "\n")
+
+
+def _commit() -> str:
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                          text=True).stdout.strip() or os.environ.get("S2GR_COMMIT", "unknown")  # copy without .git
 
 
 def _gpu_name() -> str:

@@ -247,8 +247,9 @@ def _decode_rate(model, sids, trie, args, device, users: int | None = None, hist
     for s in range(0, users, bs):
         res = constrained_beam_search(model, history[s:s + bs], mask[s:s + bs], trie, args.beam)
     _sync(device)
+    seconds = time.perf_counter() - t0  # the validity check below is not decoding
     assert bool(trie.contains(res.sids.view(-1, res.sids.size(-1))).all())
-    return users / (time.perf_counter() - t0)
+    return users / seconds
 
 
 def bench_catalog(args, device) -> None:
@@ -380,10 +381,11 @@ def bench_beauty(args, device) -> None:
         rates = {}
         for lay in ("padded", "sorted", "sorted", "padded"):  # A B B A against drift
             parts = plain if lay == "padded" else by_length
-            constrained_beam_search(model, *on_device(parts[:1])[0][:2], trie, args.beam)  # warm-up
+            ready = on_device(parts)  # built (and copied to the device) before the timer: decoding only
+            constrained_beam_search(model, *ready[0][:2], trie, args.beam)  # warm-up
             _sync(device)
             t0 = time.perf_counter()
-            for h, m, _ in on_device(parts):
+            for h, m, _ in ready:
                 constrained_beam_search(model, h, m, trie, args.beam)
             _sync(device)
             rates[lay] = rates.get(lay, 0.0) + time.perf_counter() - t0
@@ -396,7 +398,8 @@ def bench_beauty(args, device) -> None:
                    2 * users / rates[lay], "users/s", note)
 
 
-RAY_ENGINES = {"zero0": ("DeepSpeed ZeRO-0", ["train.zero_stage=0"]), "zero2": ("DeepSpeed ZeRO-2", ["train.zero_stage=2"]),
+RAY_ENGINES = {"zero0": ("DeepSpeed ZeRO-0", ["train.zero_stage=0"]),
+               "zero2": ("DeepSpeed ZeRO-2", ["train.zero_stage=2"]),
                "ddp": ("torch DDP", ["train.engine=ddp"])}
 
 
@@ -423,7 +426,7 @@ def bench_ray(args, device) -> None:
     sids, sizes = random_catalog(json.loads((work / "manifest.json").read_text())["num_items"], SEM, seed=0)
     _write_tokenizer(work, sids, sizes, cfg)
     from s2gr_ray.tokenizer.sid import SIDTokenizer
-    from s2gr_ray.training.data_pipeline import build_datasets, train_batches
+    from s2gr_ray.training.data_pipeline import build_datasets, encoder_chunks, train_batches
 
     tok = SIDTokenizer.load(work / "tokenizer")
     # this host's speed drifts by up to ~20% over minutes: each Ray run is bracketed by bare runs (bare, Ray A, bare,
@@ -455,7 +458,7 @@ def bench_ray(args, device) -> None:
     # the Ray path's ceiling: the same Ray Data pipeline and batch iteration as the worker's, with no model
     ds = build_datasets(work, tok.sids, cfg.data.max_history, splits=("train",))["train"]
     t0, n = time.perf_counter(), 0
-    for b in train_batches(ds, 256):
+    for b in train_batches(ds, 256, chunks=encoder_chunks(cfg.train)):
         n += len(b["target"])
         if n >= steps * 256:
             break
@@ -468,7 +471,7 @@ def _bare_loop(cfg, work: Path, steps: int) -> tuple[float, float]:
     import pyarrow.parquet as pq
 
     from s2gr_ray import artifacts
-    from s2gr_ray.training.data_pipeline import SidMapper
+    from s2gr_ray.training.data_pipeline import SidMapper, encoder_chunks, length_chunks, trim_history
     from s2gr_ray.training.driver import load_tokenizer_payload
     from s2gr_ray.training.worker import WARM_STEPS, build_model
 
@@ -482,10 +485,13 @@ def _bare_loop(cfg, work: Path, steps: int) -> tuple[float, float]:
     t_warm, seen_warm = t0, 0
     batches = (batch for f in files for batch in pq.ParquetFile(f).iter_batches(
         batch_size=256, columns=["user_id", "history", "target", "history_len"]))
+    chunks = encoder_chunks(cfg.train)
     for batch in batches:
-        b = mapper(batch)
+        # the worker's batch layout (data_pipeline.train_batches): trimmed, length-chunked encoder on CPU
+        b = length_chunks(trim_history(mapper(batch)), chunks)
+        enc = [tuple(c) for c in b["encoder_chunks"].tolist()] if "encoder_chunks" in b else None
         out = model(torch.as_tensor(b["history"]).long(), torch.as_tensor(b["history_mask"]),
-                    torch.as_tensor(b["target_sids"]).long())
+                    torch.as_tensor(b["target_sids"]).long(), enc)
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)  # as the engines do
@@ -515,8 +521,11 @@ def bench_memory(args, device) -> None:
     from s2gr_ray.data.prepare import prepare_stage
     from s2gr_ray.training.driver import train_stage
 
+    import ray
+
     peaks = {}
     for scale in (1, 10):
+        ray.shutdown()  # each scale starts a fresh local Ray (an earlier section's would count in the 1x peak)
         work = Path(tempfile.mkdtemp(prefix=f"s2gr-mem{scale}-"))
         users = 16_500 * scale  # ~8 training rows per synthetic user: 1x ~ Beauty's 131k training rows
         cfg = load_config(None, [
@@ -549,9 +558,7 @@ def bench_memory(args, device) -> None:
         metrics = train_stage(cfg, work, log)
         stop.set()
         thread.join()
-        import ray
-
-        ray.shutdown()  # the next scale starts a fresh local Ray: its memory is measured from zero
+        ray.shutdown()
         rows = manifest["splits"]["train"]
         peaks[scale] = peak[0] / 2**30
         record("memory", f"peak RSS of s2gr train, {rows:,} training rows ({scale}x)", peaks[scale], "GiB",
@@ -587,6 +594,9 @@ def _sync(device) -> None:
 
 def write_results(args) -> None:
     out = REPO / "benchmarks" / "results"
+    if not ROWS:
+        raise SystemExit(f"no measurement was recorded (see the lines above); {out / f'speed{args.tag}.md'} is left as "
+                         "it was")
     out.mkdir(parents=True, exist_ok=True)
     with open(out / f"speed{args.tag}.csv", "w", newline="") as fh:
         w = csv.DictWriter(fh, fieldnames=list(ROWS[0]))

@@ -314,6 +314,12 @@ _NON_NEGATIVE = {
     "train.max_steps_per_epoch", "eval.min_history_view",
     "eval.max_users", "eval.valid_users", "ray.num_cpus",
 }
+# keys a saved config or settings file may still hold but the code no longer has (never read when they existed),
+# with the reason: saved configs (RUN/config.yaml, manifests) load without them, comparisons of saved settings
+# (training resume, the quality benchmark's finished arms) ignore them, and a config that sets one is told why
+RETIRED_KEYS: dict[str, str] = {
+    "train.eval_every": "validation runs after every epoch (train.patience counts epochs); remove the key",
+}
 _UNIT_INTERVAL = {"data.synthetic.stay_probability", "tokenizer.appnp_alpha", "model.dropout"}
 
 
@@ -417,6 +423,8 @@ def _to_plain(obj: Any) -> Any:
 
 
 def _unknown_key(key: str, candidates: list[str]) -> ConfigError:
+    if key in RETIRED_KEYS:
+        return ConfigError(f"config key {key!r} no longer exists: {RETIRED_KEYS[key]}")
     near = difflib.get_close_matches(key, candidates, n=1, cutoff=0.5)
     hint = f"; did you mean {near[0]!r}?" if near else f"; valid keys: {', '.join(candidates)}"
     return ConfigError(f"unknown config key {key!r}{hint}")
@@ -576,7 +584,7 @@ def _load_yaml_chain(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
 
 def config_from_dict(data: Mapping[str, Any]) -> Config:
     """Rebuild a Config from ``Config.to_dict()`` output (e.g. a manifest), validated."""
-    return apply_overrides(Config(), _flatten_mapping(data))
+    return apply_overrides(Config(), {k: v for k, v in _flatten_mapping(data).items() if k not in RETIRED_KEYS})
 
 
 def dump_yaml(cfg: Config) -> str:

@@ -15,7 +15,7 @@ from typing import Any, Callable
 import numpy as np
 
 from s2gr_ray import artifacts
-from s2gr_ray.config import Config, dump_yaml, flatten, paper_view
+from s2gr_ray.config import RETIRED_KEYS, Config, dump_yaml, flatten, paper_view
 from s2gr_ray.training import worker as worker_mod
 
 
@@ -85,7 +85,8 @@ def check_resume(storage: str, run_name: str, settings: dict[str, Any], log: Cal
     if checkpoints and SETTINGS_FILE in names:
         with filesystem.open_input_stream(f"{folder}/{SETTINGS_FILE}") as fh:
             saved = json.loads(fh.read().decode())
-        diff = sorted(k for k in set(saved) | set(settings) if saved.get(k) != settings.get(k))
+        diff = sorted(k for k in set(saved) | set(settings)
+                      if saved.get(k) != settings.get(k) and k not in RETIRED_KEYS)  # retired: never read
         if diff:
             shown = ", ".join(f"{k}: {saved.get(k)!r} then, {settings.get(k)!r} now" for k in diff[:5])
             raise TrainingError(

@@ -49,21 +49,54 @@ def test_prepared_base_needs_no_raw_data_and_the_message_says_what_to_set(tmp_pa
 
 
 
+def _args(tmp_path, *overrides):
+    return type("Args", (), {"results": tmp_path, "scale": "cpu", "tag": "", "data": str(tmp_path / "beauty"),
+                             "overrides": list(overrides)})()
+
+
 def test_new_runs_extend_an_earlier_results_csv_instead_of_replacing_it(tmp_path):
     q = _quality()
+    args = _args(tmp_path)
     csv_path = tmp_path / "quality_cpu.csv"
     metrics = {"recall@5": 0.02, "ndcg@5": 0.01, "recall@10": 0.03, "ndcg@10": 0.015,
                "sec_per_epoch": 80.0, "decode_sec_per_1k_users": 2.0}
-    q.write([{"arm": "s2gr", "seed": 0, **metrics, "epochs": 5.0},
-             {"arm": "tiger", "seed": 0, **metrics, "epochs": None}],
-            type("Args", (), {"results": tmp_path, "scale": "cpu", "tag": ""})())
+    key = {arm: q.settings_key(q.expected_settings(arm, 0, args)) for arm in ("s2gr", "tiger")}
+    assert key["s2gr"] != key["tiger"] and key["s2gr"] == q.settings_key(q.expected_settings("s2gr", 5, args))
+    q.write([{"arm": "s2gr", "seed": 0, **metrics, "epochs": 5.0, "settings": key["s2gr"]},
+             {"arm": "tiger", "seed": 0, **metrics, "epochs": None, "settings": key["tiger"]},
+             {"arm": "tiger", "seed": 2, **metrics, "epochs": 5.0, "settings": "0123456789"},  # other settings
+             {"arm": "s2gr", "seed": 2, **metrics, "epochs": 5.0}],  # an older csv: no settings key
+            args)
     fresh = [{"arm": "s2gr", "seed": 0, **metrics, "recall@5": 0.5, "epochs": 4.0},
              {"arm": "tiger", "seed": 1, **metrics}]
-    rows = q.with_earlier_rows(fresh, csv_path)
-    # this run's s2gr seed 0 wins over the earlier one; tiger seed 0 comes back from the csv, in ARMS then seed order
+    rows = q.with_earlier_rows(fresh, csv_path, args)
+    # this run's s2gr seed 0 wins over the earlier one; tiger seed 0 comes back from the csv, in ARMS then seed order;
+    # the rows of other (or unknown) settings stay out of the table
     assert [(r["arm"], r["seed"]) for r in rows] == [("tiger", 0), ("tiger", 1), ("s2gr", 0)]
     assert rows[2]["recall@5"] == 0.5 and rows[0]["recall@10"] == 0.03 and rows[0]["epochs"] is None
-    assert q.with_earlier_rows(fresh, tmp_path / "absent.csv") == fresh
+    assert q.with_earlier_rows(fresh, tmp_path / "absent.csv", args) == fresh
+    # under another epoch budget none of the earlier rows belongs to the table
+    assert q.with_earlier_rows(fresh, csv_path, _args(tmp_path, "train.max_epochs=5")) == [fresh[1], fresh[0]]
     csv_path.write_text(csv_path.read_text() + "tiger,two,0.1\n")
-    with pytest.raises(SystemExit, match=r"quality_cpu\.csv, line 4.*--drop-earlier"):
-        q.with_earlier_rows(fresh, csv_path)
+    with pytest.raises(SystemExit, match=r"quality_cpu\.csv, line 6.*--drop-earlier"):
+        q.with_earlier_rows(fresh, csv_path, args)
+
+
+def test_finished_runs_of_other_settings_stay_out_of_the_table(tmp_path):
+    """A work folder holding tiger seed 0 at the default lr and seed 1 at another lr: one table row never mixes them,
+    and a gain line without a seed common to both arms does not crash the summary."""
+    q = _quality()
+    args = _args(tmp_path)
+    metrics = {"test": {"recall@5": 0.02, "ndcg@5": 0.01, "recall@10": 0.03, "ndcg@10": 0.015, "count": 100},
+               "valid": {"ndcg@10": 0.02}, "train": {"best_epoch": 3, "epochs": 5}, "history": []}
+    for seed, extra in ((0, []), (1, ["train.lr=0.001"])):
+        run = tmp_path / f"tiger_s{seed}"
+        run.mkdir()
+        (run / "metrics.json").write_text(json.dumps(metrics))
+        saved = q.expected_settings("tiger", seed, _args(tmp_path, *extra))
+        (run / q.ARM_SETTINGS).write_text(json.dumps({**saved, q.COMMIT_KEY: "abc1234"}, default=list))
+    rows = q.finished_rows(tmp_path, args)
+    assert [(r["arm"], r["seed"], r["commit"]) for r in rows] == [("tiger", 0, "abc1234")]
+    rows.append({**rows[0], "arm": "s2gr", "seed": 1})
+    text = "\n".join(q.summarize(rows))
+    assert "S²GR vs TIGER" in text and "no seed run for both arms yet" in text

@@ -60,3 +60,12 @@ def test_storage_uris_work_through_pyarrow(tmp_path):
     (tmp_path / "store" / "r" / "checkpoint_1").mkdir()
     with pytest.raises(TrainingError, match="train.lr"):
         check_resume(uri, "r", _settings("train.lr=0.02"), print)
+
+
+def test_a_retired_key_in_saved_settings_does_not_block_a_resume(tmp_path):
+    """Settings saved before train.eval_every was retired (it was never read) still resume."""
+    check_resume(str(tmp_path), "r", _settings("train.lr=0.01"), print)
+    path = tmp_path / "r" / SETTINGS_FILE
+    path.write_text(json.dumps({**json.loads(path.read_text()), "train.eval_every": 1}))
+    (tmp_path / "r" / "checkpoint_2026-11-27_10-00-00.000000").mkdir()
+    check_resume(str(tmp_path), "r", _settings("train.lr=0.01"), print)  # no error
