@@ -47,17 +47,17 @@ def build_model(cfg, tok: dict[str, Any]):
                 [torch.tensor(np.asarray(m)) for m in tok["code_to_cluster"]], max_history=cfg.data.max_history)
 
 
-def evaluate_shard(model, shard, trie, cfg, device, batch_size: int, part: tuple[int, int] = (0, 1)
+def evaluate_shard(model, shard, trie, cfg, device, batch_size: int, share: tuple[int, int] = (0, 1)
                    ) -> dict[str, float]:
-    """Metric sums over this worker's part of an evaluation split: every worker reads the whole split (the driver
-    does not split valid/test) and keeps the users with user_id % world == rank (``part``); aggregation across
-    workers happens once, in the caller."""
+    """Metric sums over this worker's share of an evaluation split: every worker reads the whole split (the driver
+    does not split valid/test) and keeps the users with user_id % world == rank (``share`` = (rank, world));
+    aggregation across workers happens once, in the caller."""
     from s2gr_ray.evaluation.evaluate import evaluate_batch
     from s2gr_ray.training.data_pipeline import EVAL_GROUP, eval_batches
 
     sums: dict[str, float] = {}
     model.eval()
-    for batch in eval_batches(shard, batch_size, EVAL_GROUP, part):
+    for batch in eval_batches(shard, batch_size, EVAL_GROUP, share):
         part = evaluate_batch(model, _to_device(batch, device), trie, cfg.eval.beam_size, cfg.eval.ks,
                               cfg.eval.min_history_view)
         for k, v in part.items():
