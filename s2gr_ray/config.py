@@ -377,6 +377,12 @@ def validate(cfg: Config) -> Config:
                           f"train.grad_accum_steps = {tr.num_workers * tr.grad_accum_steps}")
     if tr.zero_stage not in (0, 1, 2, 3):
         raise ConfigError(f"train.zero_stage = {tr.zero_stage} must be 0, 1, 2 or 3")
+    if tr.use_gpu and not tr.gpus_per_worker > 0:
+        raise ConfigError(f"train.gpus_per_worker = {tr.gpus_per_worker} must be > 0 with train.use_gpu = true")
+    if tr.use_gpu and tr.num_workers > 1 and tr.gpus_per_worker != 1:
+        raise ConfigError(f"train.gpus_per_worker = {tr.gpus_per_worker} with train.num_workers = {tr.num_workers}: "
+                          "several GPU workers need exactly one GPU each (NCCL cannot share a GPU between ranks, and "
+                          "DeepSpeed puts rank k on the node's k-th visible GPU); set train.gpus_per_worker=1")
     if tr.compile and tr.engine == "deepspeed" and tr.zero_stage == 3:
         raise ConfigError("train.compile = true is not supported with train.zero_stage = 3 (ZeRO-3 gathers "
                           "parameters in module hooks that torch.compile does not trace); use zero_stage <= 2 or "

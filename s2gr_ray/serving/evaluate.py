@@ -179,7 +179,9 @@ def evaluate_run(run: str | Path, split: str = "test", beam_size: int | None = N
     ray.data.DataContext.get_current().enable_progress_bars = True  # build_datasets turns them off
     ds = ds.repartition(target_num_rows_per_block=batch_size).map_batches(EvalActor, fn_constructor_kwargs={
         "run": str(run), "beam_size": beam_size, "ks": list(ks), "min_history_view": min_history_view,
-        "torch_threads": max(1, int(cpus_per_actor)), "piece_size": batch_size},
+        "torch_threads": max(1, int(cpus_per_actor)), "piece_size": batch_size,
+        # an actor without a GPU reservation stays on the CPU (Ray does not hide the node's GPUs from it)
+        "device": "cuda" if res["num_gpus"] > 0 else "cpu"},
         # each call takes EVAL_GROUP batches' users and searches them in length-sorted batches of batch_size
         compute=ray.data.ActorPoolStrategy(size=concurrency), batch_size=batch_size * EVAL_GROUP, batch_format="numpy",
         zero_copy_batch=False, **res)  # writable arrays for torch.as_tensor

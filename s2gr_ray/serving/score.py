@@ -137,7 +137,9 @@ def score_users(run: str | Path, users: str | Path, out: str | Path, k: int = 10
     # streaming re-blocking: one block per batch, so every actor of the pool gets work even from one file
     ds = read_users(users).repartition(target_num_rows_per_block=batch_size).map_batches(
         ScoringActor, fn_constructor_kwargs={"run": str(run), "k": k, "id_type": id_type, "beam_size": beam_size,
-                                             "torch_threads": max(1, int(cpus_per_actor))},
+                                             "torch_threads": max(1, int(cpus_per_actor)),
+                                             # no GPU reserved: the CPU (Ray does not hide the node's GPUs from it)
+                                             "device": "cuda" if res["num_gpus"] > 0 else "cpu"},
         compute=ray.data.ActorPoolStrategy(size=concurrency), batch_size=batch_size, batch_format="pyarrow", **res)
     log(f"score: {users} -> {out} with {concurrency} actor(s) ({res['num_cpus']:g} CPU, {res['num_gpus']:g} GPU "
         f"each), batch {batch_size}, top-{k}")

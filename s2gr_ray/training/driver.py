@@ -113,6 +113,16 @@ def _check_resources(cfg: Config) -> None:
             raise TrainingError(
                 f"train.use_gpu = true asks for {cfg.train.num_workers} GPU worker(s) but this local Ray has "
                 f"{ray.cluster_resources().get('GPU', 0):g} GPU(s); set train.use_gpu=false or run on a GPU cluster")
+        import torch
+        import torch.distributed as dist
+
+        # Ray finds GPUs through the driver (NVML) whatever torch build is installed; the workers need CUDA and NCCL
+        if not torch.cuda.is_available() or not dist.is_nccl_available():
+            raise TrainingError(
+                f"train.use_gpu = true but this torch ({torch.__version__}) has no usable CUDA/NCCL although Ray sees "
+                f"{ray.cluster_resources().get('GPU', 0):g} GPU(s): install a CUDA build of the pinned torch (e.g. "
+                "pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128), or set "
+                "train.use_gpu=false")
 
 
 def _tokenizer_scalars(report: dict) -> dict[str, float]:

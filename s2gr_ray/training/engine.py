@@ -58,6 +58,9 @@ def deepspeed_config(cfg: TrainConfig, world_size: int, precision: str) -> dict[
         "zero_optimization": {"stage": cfg.zero_stage},
         "bf16": {"enabled": precision == "bf16"},
         "fp16": {"enabled": False},
+        # amp: DeepSpeed owns the bf16 autocast of its forward. Without this section it switches an outer CUDA
+        # autocast off inside the engine (the forward silently ran fp32); no module communicates in bf16 ([])
+        "torch_autocast": {"enabled": precision == "amp", "dtype": "bfloat16", "lower_precision_safe_modules": []},
         "zero_allow_untested_optimizer": True,
         "steps_per_print": 1 << 30,
         "wall_clock_breakdown": False,

@@ -75,15 +75,20 @@ def build_tokenizer(cfg_dict: dict, data_run: str, cache_root: str, trial_id: st
 
 def ensure_tokenizer(cfg: Config, data_run: Path, cache_root: Path, cpus: float, trial_id: str) -> Path:
     """The cached tokenizer folder for cfg: fitted in a Ray task with `cpus` CPUs (0 = in this process)."""
+    cfg_dict = cfg.to_dict()
+    if cfg_dict["tokenizer"]["device"] == "auto":
+        # neither the task nor the trial's process reserves a GPU, and Ray no longer hides the node's GPUs from such
+        # processes: "auto" would fit on a GPU that a trial's training workers hold (tokenizer.device=cuda opts in)
+        cfg_dict["tokenizer"]["device"] = "cpu"
     if cpus <= 0:
-        return Path(build_tokenizer(cfg.to_dict(), str(data_run), str(cache_root), trial_id))
+        return Path(build_tokenizer(cfg_dict, str(data_run), str(cache_root), trial_id))
     import ray
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
     # outside the trial's placement group (it holds only the trial's 0.01 CPU): any node with free CPUs
     task = ray.remote(num_cpus=cpus, max_retries=0)(build_tokenizer).options(
         scheduling_strategy=PlacementGroupSchedulingStrategy(placement_group=None))
-    return Path(ray.get(task.remote(cfg.to_dict(), str(data_run), str(cache_root), trial_id)))
+    return Path(ray.get(task.remote(cfg_dict, str(data_run), str(cache_root), trial_id)))
 
 
 def link_tokenizer(tok_dir: Path, run: Path) -> None:

@@ -63,6 +63,18 @@ def test_bad_values_name_the_key(override, needle):
         load_config(None, [override])
 
 
+@pytest.mark.parametrize("overrides,needle", [
+    (["train.use_gpu=true", "train.gpus_per_worker=0"], "must be > 0 with train.use_gpu"),
+    (["train.use_gpu=true", "train.num_workers=2", "train.gpus_per_worker=0.5"], "exactly one GPU each"),
+    (["train.use_gpu=true", "train.num_workers=2", "train.gpus_per_worker=2"], "exactly one GPU each"),
+])
+def test_gpu_workers_need_one_whole_gpu_each(overrides, needle):
+    with pytest.raises(ConfigError, match=needle):
+        load_config(None, overrides)
+    load_config(None, ["train.use_gpu=true", "train.num_workers=1", "train.gpus_per_worker=0.5"])  # one worker: fine
+    load_config(None, ["train.use_gpu=true", "train.num_workers=2"])
+
+
 def test_cross_field_batch_divisible_by_workers():
     with pytest.raises(ConfigError, match="divisible"):
         load_config(None, ["train.num_workers=3", "train.batch_size=256"])

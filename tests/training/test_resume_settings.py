@@ -69,3 +69,18 @@ def test_a_retired_key_in_saved_settings_does_not_block_a_resume(tmp_path):
     path.write_text(json.dumps({**json.loads(path.read_text()), "train.eval_every": 1}))
     (tmp_path / "r" / "checkpoint_2026-11-27_10-00-00.000000").mkdir()
     check_resume(str(tmp_path), "r", _settings("train.lr=0.01"), print)  # no error
+
+
+def test_gpu_training_on_a_cpu_only_torch_is_refused_before_ray_train(monkeypatch):
+    """Ray sees a machine's GPUs whatever torch is installed; a CPU-only torch would fail inside every worker."""
+    import ray
+    import torch
+
+    from s2gr_ray.training.driver import _check_resources
+
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0, "GPU": 1.0})
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    with pytest.raises(TrainingError, match="no usable CUDA/NCCL.*torch==2.13.0"):
+        _check_resources(load_config(None, ["train.use_gpu=true"]))
+    _check_resources(load_config(None, []))  # CPU training: no check

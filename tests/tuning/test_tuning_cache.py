@@ -51,3 +51,15 @@ def test_concurrent_requests_fit_one_tokenizer_once(data_run, tmp_path):
     assert (trial / "tokenizer" / "manifest.json").exists() and not (trial / "train").exists()
     link_tokenizer(cache / tokenizer_hash(other), trial)  # relinking switches the tokenizer
     assert (trial / "tokenizer").resolve().name == tokenizer_hash(other)
+
+
+def test_sweep_tokenizer_fits_on_the_cpu_unless_asked(tmp_path, monkeypatch):
+    """The tokenizer task and the trial process reserve no GPU: tokenizer.device=auto must not pick one up."""
+    from s2gr_ray.config import load_config
+    from s2gr_ray.tuning import trial
+
+    seen: list[str] = []
+    monkeypatch.setattr(trial, "build_tokenizer", lambda d, *a: seen.append(d["tokenizer"]["device"]) or str(tmp_path))
+    trial.ensure_tokenizer(load_config(None, []), tmp_path, tmp_path, 0, "t0")
+    trial.ensure_tokenizer(load_config(None, ["tokenizer.device=cuda"]), tmp_path, tmp_path, 0, "t1")
+    assert seen == ["cpu", "cuda"]
