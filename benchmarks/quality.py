@@ -64,7 +64,7 @@ def link_data(base: Path, run: Path) -> None:
 
 def run_arm(arm: str, seed: int, args, base: Path, work: Path) -> dict:
     from s2gr_ray.tokenizer.stage import tokenize_stage
-    from s2gr_ray.training.driver import train_stage
+    from s2gr_ray.training.driver import storage_root, train_stage
 
     cfg = load_config(PRESETS[args.scale], arm_overrides(arm, seed, args))
     run = work / f"{arm}_s{seed}"
@@ -76,9 +76,9 @@ def run_arm(arm: str, seed: int, args, base: Path, work: Path) -> dict:
     if args.force:  # retrain from scratch: Ray Train would otherwise resume the finished run's checkpoints
         (run / "metrics.json").unlink(missing_ok=True)  # an interrupted retrain must not leave the old metrics
         (run / ARM_SETTINGS).unlink(missing_ok=True)
-        storage = Path(cfg.train.storage_path) if cfg.train.storage_path and "://" not in cfg.train.storage_path \
-            else run / "train"
-        shutil.rmtree(storage / cfg.train.run_name if cfg.train.storage_path else storage, ignore_errors=True)
+        storage = storage_root(cfg, run)
+        if "://" not in storage:  # a remote storage_path is left to its owner (see benchmarks/README.md)
+            shutil.rmtree(Path(storage) / cfg.train.run_name, ignore_errors=True)
     link_data(base, run)
     tok_cache = work / "tokenizers" / cfg.section_hash("tokenizer", "seed")
     if tok_cache.exists() and not (run / "tokenizer").exists():
@@ -113,12 +113,11 @@ PER_SEED = ("seed", "train.seed", "tokenizer.seed", "train.run_name")  # differ 
 
 
 def settings_diff(saved: dict, now: dict) -> list[str]:
-    """Keys whose values differ (config keys the code retired, e.g. an unread one, do not count)."""
-    from s2gr_ray.config import RETIRED_KEYS
+    """Keys whose values differ (s2gr_ray.config.differing_keys; the recorded commit is not a setting)."""
+    from s2gr_ray.config import differing_keys
 
-    now = json.loads(json.dumps(now, default=list))
-    return sorted(k for k in set(saved) | set(now)
-                  if k != COMMIT_KEY and k not in RETIRED_KEYS and saved.get(k) != now.get(k))
+    saved = {k: v for k, v in saved.items() if k != COMMIT_KEY}
+    return differing_keys(saved, json.loads(json.dumps(now, default=list)))
 
 
 def settings_key(settings: dict) -> str:
@@ -305,8 +304,8 @@ def finished_rows(work: Path, args) -> list[dict]:
             want = expected_settings(arm, seed, args)
             saved_path = run / ARM_SETTINGS
             saved = json.loads(saved_path.read_text()) if saved_path.exists() else None
-            if saved is not None and settings_diff(saved, want):
-                diff = settings_diff(saved, want)
+            diff = settings_diff(saved, want) if saved is not None else []
+            if diff:
                 log(f"not in the table: {run.name}, trained with other settings ({', '.join(diff[:4])}"
                     f"{', ...' if len(diff) > 4 else ''})")
                 continue

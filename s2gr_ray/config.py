@@ -320,6 +320,14 @@ _NON_NEGATIVE = {
 RETIRED_KEYS: dict[str, str] = {
     "train.eval_every": "validation runs after every epoch (train.patience counts epochs); remove the key",
 }
+
+
+def differing_keys(saved: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
+    """The flat settings keys whose values differ between a saved settings record and now (RETIRED_KEYS, never read,
+    do not count): the comparison behind training resume and the quality benchmark's reuse of finished arms."""
+    return sorted(k for k in set(saved) | set(now) if k not in RETIRED_KEYS and saved.get(k) != now.get(k))
+
+
 _UNIT_INTERVAL = {"data.synthetic.stay_probability", "tokenizer.appnp_alpha", "model.dropout"}
 
 

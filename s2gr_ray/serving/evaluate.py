@@ -105,11 +105,11 @@ def run_user_limit(run: str | Path, split: str) -> int:
     from s2gr_ray.config import ConfigError, config_from_dict, read_yaml_mapping
 
     path = Path(run) / "config.yaml"
-    try:
-        ev = config_from_dict(read_yaml_mapping(path, "run config") or {}).eval if path.is_file() else None
-    except ConfigError:
+    if not path.is_file():
         return 0
-    if ev is None:
+    try:
+        ev = config_from_dict(read_yaml_mapping(path, "run config") or {}).eval
+    except ConfigError:
         return 0
     return int((ev.valid_users or ev.max_users) if split == "valid" else ev.max_users)
 
@@ -141,7 +141,7 @@ def evaluate_run(run: str | Path, split: str = "test", beam_size: int | None = N
     from s2gr_ray.config import RayConfig
     from s2gr_ray.evaluation.evaluate import finalize_metrics, merge_sums
     from s2gr_ray.serving.api import Recommender
-    from s2gr_ray.serving.score import actor_resources
+    from s2gr_ray.serving.score import actor_device, actor_resources
     from s2gr_ray.training.data_pipeline import build_datasets
     from s2gr_ray.training.ray_env import init_ray
 
@@ -179,9 +179,7 @@ def evaluate_run(run: str | Path, split: str = "test", beam_size: int | None = N
     ray.data.DataContext.get_current().enable_progress_bars = True  # build_datasets turns them off
     ds = ds.repartition(target_num_rows_per_block=batch_size).map_batches(EvalActor, fn_constructor_kwargs={
         "run": str(run), "beam_size": beam_size, "ks": list(ks), "min_history_view": min_history_view,
-        "torch_threads": max(1, int(cpus_per_actor)), "piece_size": batch_size,
-        # an actor without a GPU reservation stays on the CPU (Ray does not hide the node's GPUs from it)
-        "device": "cuda" if res["num_gpus"] > 0 else "cpu"},
+        "torch_threads": max(1, int(cpus_per_actor)), "piece_size": batch_size, "device": actor_device(res)},
         # each call takes EVAL_GROUP batches' users and searches them in length-sorted batches of batch_size
         compute=ray.data.ActorPoolStrategy(size=concurrency), batch_size=batch_size * EVAL_GROUP, batch_format="numpy",
         zero_copy_batch=False, **res)  # writable arrays for torch.as_tensor

@@ -83,6 +83,12 @@ def actor_resources(gpus_per_actor: float | None, cpus_per_actor: float) -> dict
     return {"num_cpus": cpus_per_actor, "num_gpus": gpus_per_actor}
 
 
+def actor_device(resources: dict[str, float]) -> str:
+    """The torch device of an actor with these resources: the CPU without a GPU reservation (Ray does not hide the
+    node's GPUs from such an actor, so "auto" would take one it does not hold)."""
+    return "cuda" if resources["num_gpus"] > 0 else "cpu"
+
+
 def read_users(path: str | Path):
     """Ray dataset of (user_id, history) from parquet (file or folder) or CSV; checks the columns."""
     import pyarrow.csv as pacsv
@@ -138,8 +144,7 @@ def score_users(run: str | Path, users: str | Path, out: str | Path, k: int = 10
     ds = read_users(users).repartition(target_num_rows_per_block=batch_size).map_batches(
         ScoringActor, fn_constructor_kwargs={"run": str(run), "k": k, "id_type": id_type, "beam_size": beam_size,
                                              "torch_threads": max(1, int(cpus_per_actor)),
-                                             # no GPU reserved: the CPU (Ray does not hide the node's GPUs from it)
-                                             "device": "cuda" if res["num_gpus"] > 0 else "cpu"},
+                                             "device": actor_device(res)},
         compute=ray.data.ActorPoolStrategy(size=concurrency), batch_size=batch_size, batch_format="pyarrow", **res)
     log(f"score: {users} -> {out} with {concurrency} actor(s) ({res['num_cpus']:g} CPU, {res['num_gpus']:g} GPU "
         f"each), batch {batch_size}, top-{k}")

@@ -15,7 +15,7 @@ from typing import Any, Callable
 import numpy as np
 
 from s2gr_ray import artifacts
-from s2gr_ray.config import RETIRED_KEYS, Config, dump_yaml, flatten, paper_view
+from s2gr_ray.config import Config, differing_keys, dump_yaml, flatten, paper_view
 from s2gr_ray.training import worker as worker_mod
 
 
@@ -85,8 +85,7 @@ def check_resume(storage: str, run_name: str, settings: dict[str, Any], log: Cal
     if checkpoints and SETTINGS_FILE in names:
         with filesystem.open_input_stream(f"{folder}/{SETTINGS_FILE}") as fh:
             saved = json.loads(fh.read().decode())
-        diff = sorted(k for k in set(saved) | set(settings)
-                      if saved.get(k) != settings.get(k) and k not in RETIRED_KEYS)  # retired: never read
+        diff = differing_keys(saved, settings)
         if diff:
             shown = ", ".join(f"{k}: {saved.get(k)!r} then, {settings.get(k)!r} now" for k in diff[:5])
             raise TrainingError(
@@ -101,6 +100,13 @@ def check_resume(storage: str, run_name: str, settings: dict[str, Any], log: Cal
     filesystem.create_dir(folder, recursive=True)
     with filesystem.open_output_stream(f"{folder}/{SETTINGS_FILE}") as fh:
         fh.write(json.dumps(settings, indent=1, sort_keys=True).encode())
+
+
+def storage_root(cfg: Config, run: Path) -> str:
+    """Where Ray Train keeps the checkpoints of STORAGE/train.run_name: train.storage_path (an absolute local
+    folder or a pyarrow URI), else RUN/train."""
+    storage = cfg.train.storage_path or str(artifacts.train_dir(run))
+    return storage if "://" in storage else str(Path(storage).resolve())
 
 
 def _check_resources(cfg: Config) -> None:
@@ -153,9 +159,7 @@ def train_stage(cfg: Config, run: Path, log: Callable[[str], None] = print, call
 
     max_rows = {"valid": cfg.eval.valid_users or cfg.eval.max_users, "test": cfg.eval.max_users}
     datasets = build_datasets(run, tok["sids"], cfg.data.max_history, max_rows=max_rows)
-    storage = cfg.train.storage_path or str(artifacts.train_dir(run))
-    if "://" not in storage:
-        storage = str(Path(storage).resolve())
+    storage = storage_root(cfg, run)
     report = artifacts.read_json(artifacts.tokenizer_dir(run) / "report.json") \
         if (artifacts.tokenizer_dir(run) / "report.json").exists() else {}
     check_resume(storage, cfg.train.run_name, run_settings(cfg, tok_manifest["hash"], data_manifest["hash"]), log)
