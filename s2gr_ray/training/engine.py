@@ -127,14 +127,37 @@ class DeepSpeedEngine:
         return client_state or {}
 
     def state_dict_for_export(self) -> dict[str, torch.Tensor]:
-        """Full fp32 weights on CPU (gathered under ZeRO-3) for evaluation snapshots and the exported model."""
+        """Full fp32 weights on CPU for evaluation snapshots and the exported model. Under precision=bf16 the
+        module holds bf16 copies; the weights come from the optimizer's fp32 master copies (`_master_weights`),
+        not from the bf16 rounding of them. Every rank calls this: the ZeRO-2/3 gathers are collectives."""
         import deepspeed
 
         params = list(self.module.parameters())
+        master = _master_weights(self.engine.optimizer, params) if self.precision == "bf16" else {}
         ctx = deepspeed.zero.GatheredParameters(params) if self.zero_stage == 3 else _null()
         with ctx:
-            return {k: v.detach().float().cpu().clone() if v.is_floating_point() else v.detach().cpu().clone()
-                    for k, v in self.module.state_dict().items()}
+            return {k: master[id(v)] if id(v) in master else
+                    v.detach().float().cpu().clone() if v.is_floating_point() else v.detach().cpu().clone()
+                    for k, v in self.module.state_dict(keep_vars=True).items()}
+
+
+def _master_weights(optimizer, params: list[torch.nn.Parameter]) -> dict[int, torch.Tensor]:
+    """The fp32 master copy of each low-precision parameter (by id), on CPU. ZeRO-1/2/3 and DeepSpeed's
+    BF16_Optimizer map a parameter to its (partitioned) master (`safe_get_full_fp32_param` gathers it); ZeRO-0
+    wraps the torch optimizer in an FP16 optimizer that keeps per-group master lists beside the bf16 groups."""
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    out = {}
+    for p in params:
+        full = safe_get_full_fp32_param(p)
+        if full is not None:
+            out[id(p)] = full.detach().float().cpu().clone()
+    low, high = getattr(optimizer, "fp16_groups", None), getattr(optimizer, "fp32_groups", None)
+    if not out and low and high:
+        for low_group, high_group in zip(low, high):
+            for lp, hp in zip(low_group, high_group):
+                out[id(lp)] = hp.detach().float().cpu().clone()
+    return out
 
 
 class DDPEngine:

@@ -1,6 +1,11 @@
-"""train.precision=amp runs the training forward under bf16 autocast; fp32 does not (no Ray needed)."""
+"""Training precision: amp runs the forward under bf16 autocast, fp32 does not; under bf16 the exported weights are
+the fp32 masters (no Ray needed; DeepSpeed engines in a one-rank gloo group)."""
 from __future__ import annotations
 
+from contextlib import nullcontext
+from types import SimpleNamespace
+
+import pytest
 import torch
 
 from s2gr_ray.training.engine import _forward
@@ -31,35 +36,76 @@ def test_amp_autocasts_the_forward_in_bf16():
     assert probe.seen is False and out.dtype == torch.float32
 
 
-def test_amp_stays_on_inside_the_deepspeed_engine(monkeypatch):
-    """DeepSpeed switches an outer autocast off inside its forward unless its config has a torch_autocast section.
-    The switch-off is only visible on CUDA (DeepSpeed asks `torch.is_autocast_enabled()`, a CUDA question), so the
-    test answers that question as a CUDA process with amp on would: the probe must still run under bf16."""
+@pytest.fixture(scope="module")
+def one_process_group():
+    """A one-rank gloo process group, as DeepSpeed needs one (no Ray). One per module: DeepSpeed caches the group
+    it first sees, so the tests share it and it is destroyed after the last."""
     import socket
 
     import torch.distributed as dist
 
+    with pytest.MonkeyPatch.context() as mp:
+        if not dist.is_initialized():
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", 0))
+                port = sock.getsockname()[1]
+            mp.setenv("MASTER_ADDR", "127.0.0.1")
+            mp.setenv("MASTER_PORT", str(port))
+            for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_WORLD_SIZE", "1")):
+                mp.setenv(key, value)
+            dist.init_process_group("gloo", rank=0, world_size=1)
+        yield
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def test_amp_stays_on_inside_the_deepspeed_engine(monkeypatch, one_process_group):
+    """DeepSpeed switches an outer autocast off inside its forward unless its config has a torch_autocast section.
+    The switch-off is only visible on CUDA (DeepSpeed asks `torch.is_autocast_enabled()`, a CUDA question), so the
+    test answers that question as a CUDA process with amp on would: the probe must still run under bf16."""
     from s2gr_ray.config import TrainConfig
     from s2gr_ray.training.engine import DeepSpeedEngine
 
-    if not dist.is_initialized():
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
-        monkeypatch.setenv("MASTER_PORT", str(port))
-        for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_WORLD_SIZE", "1")):
-            monkeypatch.setenv(key, value)
-        dist.init_process_group("gloo", rank=0, world_size=1)
     real = torch.is_autocast_enabled
     monkeypatch.setattr(torch, "is_autocast_enabled", lambda *args: real(*args) if args else real("cpu"))
-    try:
-        cfg = TrainConfig(batch_size=2, precision="amp", zero_stage=0)
-        probe = _Probe()
-        engine = DeepSpeedEngine(probe, cfg, world_size=1, total_steps=10, device=torch.device("cpu"))
-        assert engine.ds_config["torch_autocast"]["enabled"] is True
-        out = _forward(engine.engine, _batch(), "amp")
-        assert probe.seen is True and out.dtype == torch.bfloat16
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    cfg = TrainConfig(batch_size=2, precision="amp", zero_stage=0)
+    probe = _Probe()
+    engine = DeepSpeedEngine(probe, cfg, world_size=1, total_steps=10, device=torch.device("cpu"))
+    assert engine.ds_config["torch_autocast"]["enabled"] is True
+    out = _forward(engine.engine, _batch(), "amp")
+    assert probe.seen is True and out.dtype == torch.bfloat16
+
+
+class _Regression(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin = torch.nn.Linear(4, 64)
+
+    def forward(self, history, mask, target):
+        loss = (self.lin(history.to(self.lin.weight.dtype)).float() - 0.3).pow(2).mean()
+        return SimpleNamespace(loss=loss, terms={})
+
+
+@pytest.mark.parametrize("zero_stage", [0, 2, 3])
+def test_bf16_export_is_the_fp32_master_not_its_bf16_rounding(one_process_group, zero_stage):
+    """precision=bf16 trains bf16 module weights over fp32 master weights (ZeRO-0: DeepSpeed's FP16 optimizer
+    wrapper; ZeRO-2/3: partitioned masters); evaluation snapshots and the exported model must carry the master
+    weights, of which the module's are the bf16 rounding."""
+    from s2gr_ray.config import TrainConfig
+    from s2gr_ray.training.engine import DeepSpeedEngine
+
+    cfg = TrainConfig(batch_size=2, precision="bf16", zero_stage=zero_stage, lr=1e-3, warmup_steps=0)
+    engine = DeepSpeedEngine(_Regression(), cfg, world_size=1, total_steps=10, device=torch.device("cpu"))
+    for _ in range(3):
+        engine.train_step(_batch())
+    weights = engine.state_dict_for_export()
+    import deepspeed
+
+    with deepspeed.zero.GatheredParameters(list(engine.module.parameters())) if zero_stage == 3 else nullcontext():
+        module = {k: v.clone() for k, v in engine.module.state_dict().items()}
+    assert module["lin.weight"].dtype == torch.bfloat16 and weights["lin.weight"].dtype == torch.float32
+    for key, value in weights.items():
+        assert torch.equal(value.to(torch.bfloat16), module[key]), key  # the master rounds to the module's copy
+    # and carries more than the bf16 copy: a small Adam step moves the master below bf16 resolution
+    assert not torch.equal(weights["lin.weight"], module["lin.weight"].float())
