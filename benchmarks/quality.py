@@ -64,7 +64,7 @@ def link_data(base: Path, run: Path) -> None:
 
 def run_arm(arm: str, seed: int, args, base: Path, work: Path) -> dict:
     from s2gr_ray.tokenizer.stage import tokenize_stage
-    from s2gr_ray.training.driver import storage_root, train_stage
+    from s2gr_ray.training.driver import train_stage
 
     cfg = load_config(PRESETS[args.scale], arm_overrides(arm, seed, args))
     run = work / f"{arm}_s{seed}"
@@ -73,12 +73,8 @@ def run_arm(arm: str, seed: int, args, base: Path, work: Path) -> dict:
         check_same_settings(run, settings)
         log(f"{arm} seed {seed}: reusing {run / 'metrics.json'}")
         return json.loads((run / "metrics.json").read_text())
-    if args.force:  # retrain from scratch: Ray Train would otherwise resume the finished run's checkpoints
-        (run / "metrics.json").unlink(missing_ok=True)  # an interrupted retrain must not leave the old metrics
-        (run / ARM_SETTINGS).unlink(missing_ok=True)
-        storage = storage_root(cfg, run)
-        if "://" not in storage:  # a remote storage_path is left to its owner (see benchmarks/README.md)
-            shutil.rmtree(Path(storage) / cfg.train.run_name, ignore_errors=True)
+    if args.force:
+        forget_arm(cfg, run, log)
     link_data(base, run)
     tok_cache = work / "tokenizers" / cfg.section_hash("tokenizer", "seed")
     if tok_cache.exists() and not (run / "tokenizer").exists():
@@ -94,6 +90,24 @@ def run_arm(arm: str, seed: int, args, base: Path, work: Path) -> dict:
     log(f"{arm} seed {seed}: test {json.dumps({k: round(metrics['test'][k], 4) for k in METRICS})} "
         f"({time.time() - t0:.0f}s)")
     return metrics
+
+
+def forget_arm(cfg, run: Path, log=print) -> None:
+    """--force: retrain an arm from scratch. Its metrics and settings go first (an interrupted retrain must not
+    leave the old metrics under new settings), then Ray Train's checkpoints of the run, which it would otherwise
+    resume: STORAGE/train.run_name, local or at a pyarrow URI (train.storage_path = s3://..., gs://...)."""
+    import pyarrow.fs as pafs
+
+    from s2gr_ray.training.driver import storage_root
+
+    (run / "metrics.json").unlink(missing_ok=True)
+    (run / ARM_SETTINGS).unlink(missing_ok=True)
+    storage = storage_root(cfg, run)
+    fs, root = pafs.FileSystem.from_uri(storage) if "://" in storage else (pafs.LocalFileSystem(), storage)
+    target = f"{root.rstrip('/')}/{cfg.train.run_name}"
+    if fs.get_file_info(target).type != pafs.FileType.NotFound:
+        log(f"--force: removing the checkpoints of {cfg.train.run_name} in {storage}")
+        fs.delete_dir(target)
 
 
 # keys that change where or how fast an arm runs, not what it learns: a finished arm is reused across them

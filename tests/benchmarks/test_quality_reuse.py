@@ -100,3 +100,28 @@ def test_finished_runs_of_other_settings_stay_out_of_the_table(tmp_path):
     rows.append({**rows[0], "arm": "s2gr", "seed": 1})
     text = "\n".join(q.summarize(rows))
     assert "S²GR vs TIGER" in text and "no seed run for both arms yet" in text
+
+
+@pytest.mark.parametrize("remote", [False, True])
+def test_force_forgets_the_metrics_and_the_checkpoints_local_or_at_a_uri(tmp_path, remote):
+    """--force must not leave old metrics under new settings, nor checkpoints Ray Train would resume; a
+    train.storage_path URI (file:// here, s3:// on a cluster) is cleared through pyarrow's filesystem."""
+    q = _quality()
+    run = tmp_path / "s2gr_s0"
+    storage = tmp_path / "ckpt"
+    overrides = ["train.run_name=s2gr_s0"] + ([f"train.storage_path=file://{storage}"] if remote else [])
+    cfg = load_config(REPO / "configs" / "beauty.yaml", overrides)
+    ckpt = (storage if remote else run / "train") / "s2gr_s0" / "checkpoint_000004"
+    ckpt.mkdir(parents=True)
+    (ckpt / "state.pt").write_bytes(b"x")
+    other = (storage if remote else run / "train") / "tiger_s0"
+    other.mkdir(parents=True)
+    run.mkdir(exist_ok=True)
+    for name in ("metrics.json", q.ARM_SETTINGS):
+        (run / name).write_text("{}")
+    lines = []
+    q.forget_arm(cfg, run, lines.append)
+    assert not (run / "metrics.json").exists() and not (run / q.ARM_SETTINGS).exists()
+    assert not ckpt.parent.exists() and other.exists()  # only this run's checkpoints
+    assert any("removing the checkpoints of s2gr_s0" in line for line in lines)
+    q.forget_arm(cfg, run, lines.append)  # nothing left to remove: no error
