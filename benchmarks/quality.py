@@ -138,9 +138,9 @@ def settings_key(settings: dict) -> str:
     """Short hash of an arm's settings without the per-seed keys: the rows of one table row share it."""
     import hashlib
 
-    from s2gr_ray.config import RETIRED_KEYS
+    from s2gr_ray.config import comparable_settings
 
-    kept = {k: v for k, v in settings.items() if k not in PER_SEED and k != COMMIT_KEY and k not in RETIRED_KEYS}
+    kept = {k: v for k, v in comparable_settings(settings).items() if k not in PER_SEED and k != COMMIT_KEY}
     return hashlib.sha256(json.dumps(kept, sort_keys=True, default=list).encode()).hexdigest()[:10]
 
 

@@ -62,7 +62,7 @@ class DataConfig:
     # movielens: ml-100k | ml-1m | ml-latest (auto = detect from the files present)
     movielens_layout: str = "auto"
     min_rating: float = 0.0  # movielens: keep ratings >= this
-    kcore: int = 0  # iterative k-core filter on users and items (0 = off); amazon default preset uses 5
+    kcore: int = 0  # iterative k-core filter on users and items (0 = off; 5 = the Amazon benchmarks' usual 5-core)
     # Item text fields (in this order) that build the text to embed; missing fields are skipped.
     text_fields: tuple[str, ...] = ("title", "categories", "brand")
     category_field: str = "categories"  # used for category agreement reports; "" = none
@@ -167,9 +167,10 @@ class TrainConfig:
     precision: str = "auto"
     # torch.compile the training forward + backward (nn.Module.compile: checkpoints keep their keys), one graph
     # that fuses the thinking steps' many small ops; a one-time compile of 1-2 min per worker. Evaluation and beam
-    # search stay eager. On the 2-core CPU the compiled step is 1.07x eager for TIGER and 1.13-1.23x for S²GR
-    # (benchmarks/results/speed_compile.md); more on GPUs, where those small ops are kernel-launch bound. Off by
-    # default: short runs would spend most of their time compiling.
+    # search stay eager. In a bare CPU loop the compiled step is 1.07x eager for TIGER and 1.13-1.23x for S²GR
+    # (benchmarks/results/speed_compile.md), but it turns train.encoder_chunks off, and in the Ray worker at the CPU
+    # preset it was no faster (quality_cpu_compile_probe.md). Meant for GPUs, where small ops are launch-bound. Off
+    # by default.
     compile: bool = False
     num_workers: int = 1
     use_gpu: bool = False
@@ -190,6 +191,12 @@ class TrainConfig:
     # which rows share a batch, and with it the in-batch contrastive terms (L_Align, InfoNCE): on Beauty it moved
     # S²GR's test metrics down and TIGER's up (benchmarks/results/quality_cpu_grouped.md). 1 = off.
     length_grouping: int = 1
+    # the training rows' order. "local": prepare shuffles the rows once into the shards and each worker shuffles a
+    # window of four micro-batches, reseeded every epoch: streaming (memory does not grow with the rows), but every
+    # epoch visits the rows in nearly the same coarse order. "global": a full Ray Data random_shuffle of the
+    # training rows before every epoch (a new permutation per epoch, fixed by train.seed): an all-to-all exchange
+    # per epoch that holds the training rows in Ray's object store (spilled to disk when they do not fit).
+    shuffle: str = "local"
     lr: float = 1e-3
     weight_decay: float = 0.01
     warmup_steps: int = 100
@@ -288,6 +295,7 @@ _CHOICES: dict[str, tuple[str, ...]] = {
     "train.engine": ("deepspeed", "ddp"),
     "train.precision": ("auto", "fp32", "bf16", "amp"),
     "train.lr_schedule": ("cosine", "constant"),
+    "train.shuffle": ("local", "global"),
 }
 
 _POSITIVE = {
@@ -322,10 +330,25 @@ RETIRED_KEYS: dict[str, str] = {
 }
 
 
+# keys added after settings records were written, with the value that reproduces the behaviour before them: a
+# record without the key equals one with this value (runs and results stay comparable across the addition)
+ADDED_KEYS: dict[str, Any] = {
+    "train.shuffle": "local",
+}
+
+
+def comparable_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """A flat settings record as settings are compared and hashed: without RETIRED_KEYS (never read) and without
+    ADDED_KEYS at the value an older record implies."""
+    return {k: v for k, v in settings.items()
+            if k not in RETIRED_KEYS and not (k in ADDED_KEYS and v == ADDED_KEYS[k])}
+
+
 def differing_keys(saved: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
-    """The flat settings keys whose values differ between a saved settings record and now (RETIRED_KEYS, never read,
-    do not count): the comparison behind training resume and the quality benchmark's reuse of finished arms."""
-    return sorted(k for k in set(saved) | set(now) if k not in RETIRED_KEYS and saved.get(k) != now.get(k))
+    """The flat settings keys whose values differ between a saved settings record and now (`comparable_settings`):
+    the comparison behind training resume and the quality benchmark's reuse of finished arms."""
+    saved, now = comparable_settings(saved), comparable_settings(now)
+    return sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
 
 
 _UNIT_INTERVAL = {"data.synthetic.stay_probability", "tokenizer.appnp_alpha", "model.dropout"}

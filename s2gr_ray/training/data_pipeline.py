@@ -97,8 +97,10 @@ def shard_files(run: Path, split: str) -> list[str]:
 
 
 def build_datasets(run: Path, sids: np.ndarray, max_history: int, splits=("train", "valid", "test"),
-                   max_rows: dict[str, int] | None = None) -> dict:
-    """Ray datasets per split, lazily streaming parquet → SID tensors. Nothing is read until iteration."""
+                   max_rows: dict[str, int] | None = None, shuffle_seed: int | None = None) -> dict:
+    """Ray datasets per split, lazily streaming parquet → SID tensors. Nothing is read until iteration.
+    ``shuffle_seed`` (train.shuffle = global): the train split is fully shuffled on every execution (every epoch),
+    a new permutation each time, the sequence of permutations fixed by the seed."""
     import ray.data
 
     ray.data.DataContext.get_current().enable_progress_bars = False  # our own progress lines stay readable
@@ -109,6 +111,8 @@ def build_datasets(run: Path, sids: np.ndarray, max_history: int, splits=("train
         ds = ds.select_columns(["user_id", "history", "target", "history_len"])
         if max_rows and max_rows.get(split):
             ds = ds.limit(max_rows[split])
+        if split == "train" and shuffle_seed is not None:
+            ds = ds.random_shuffle(seed=ray.data.RandomSeedConfig(int(shuffle_seed), reseed_after_execution=True))
         out[split] = ds.map_batches(mapper, batch_format="pyarrow", batch_size=1024)
     return out
 

@@ -158,7 +158,8 @@ def train_stage(cfg: Config, run: Path, log: Callable[[str], None] = print, call
     _check_resources(cfg)
 
     max_rows = {"valid": cfg.eval.valid_users or cfg.eval.max_users, "test": cfg.eval.max_users}
-    datasets = build_datasets(run, tok["sids"], cfg.data.max_history, max_rows=max_rows)
+    datasets = build_datasets(run, tok["sids"], cfg.data.max_history, max_rows=max_rows,
+                              shuffle_seed=cfg.train.seed if cfg.train.shuffle == "global" else None)
     storage = storage_root(cfg, run)
     report = artifacts.read_json(artifacts.tokenizer_dir(run) / "report.json") \
         if (artifacts.tokenizer_dir(run) / "report.json").exists() else {}
@@ -169,8 +170,8 @@ def train_stage(cfg: Config, run: Path, log: Callable[[str], None] = print, call
         "signature": model_signature(cfg, tok, tok_manifest["hash"]), "tensorboard_dir": tb_dir,
         "tokenizer_report": _tokenizer_scalars(report),
     }
-    # blocks reach the workers in file order, so with train.seed fixing the local shuffle a rerun sees the same
-    # batches (reproducible runs; the data is still shuffled once per epoch in each worker's buffer)
+    # blocks reach the workers in file order (or in the order of train.shuffle=global's seeded permutation), so with
+    # train.seed fixing the local shuffle a rerun sees the same batches (reproducible runs)
     ingest = DataConfig.default_ingest_options()
     ingest.preserve_order = True
     resources = {"CPU": cfg.train.cpus_per_worker}
@@ -198,7 +199,8 @@ def train_stage(cfg: Config, run: Path, log: Callable[[str], None] = print, call
         dataset_config=DataConfig(datasets_to_split=["train"], execution_options=ingest),
     )
     log(f"train: {cfg.train.num_workers} worker(s), engine {cfg.train.engine} (ZeRO-{cfg.train.zero_stage}), "
-        f"{data_manifest['splits']['train']:,} training examples, storage {storage}/{cfg.train.run_name}")
+        f"{data_manifest['splits']['train']:,} training examples ({cfg.train.shuffle} shuffle), "
+        f"storage {storage}/{cfg.train.run_name}")
     t0 = time.time()
     try:
         result = trainer.fit()

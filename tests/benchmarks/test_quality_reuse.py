@@ -125,3 +125,14 @@ def test_force_forgets_the_metrics_and_the_checkpoints_local_or_at_a_uri(tmp_pat
     assert not ckpt.parent.exists() and other.exists()  # only this run's checkpoints
     assert any("removing the checkpoints of s2gr_s0" in line for line in lines)
     q.forget_arm(cfg, run, lines.append)  # nothing left to remove: no error
+
+
+def test_rows_recorded_before_a_key_was_added_keep_their_settings_key():
+    """Rows of arms trained before train.shuffle existed (their settings lack it) stay in one table row with new
+    runs at the old behaviour (local), and apart from train.shuffle=global runs."""
+    q = _quality()
+    now = _settings(q)
+    old = json.loads(json.dumps({k: v for k, v in now.items() if k != "train.shuffle"}, default=list))  # as saved
+    assert q.settings_key(old) == q.settings_key(now)
+    assert q.settings_key(_settings(q, "train.shuffle=global")) != q.settings_key(now)
+    assert q.settings_diff(old, now) == []

@@ -212,3 +212,39 @@ def test_ray_data_batches_are_grouped_trimmed_and_complete(ray_session, tmp_path
         assert list(b["history_mask"].sum(1).numpy()) == sorted(b["history_mask"].sum(1).numpy())
     evals = list(eval_batches(ds, 64, group=4))
     assert np.array_equal(np.sort(np.concatenate([b["user_id"].numpy() for b in evals])), np.arange(n))
+
+
+def test_global_shuffle_permutes_the_training_rows_anew_each_epoch_fixed_by_the_seed(ray_session, tmp_path):
+    """train.shuffle=global: every execution of the train split (one per epoch) is a new permutation of all rows,
+    the same sequence of permutations for the same seed; valid/test keep file order."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from s2gr_ray.training.data_pipeline import build_datasets
+
+    n = 600
+    rng = np.random.default_rng(1)
+    for split in ("train", "valid"):
+        folder = tmp_path / "sequences" / split
+        folder.mkdir(parents=True)
+        for i in range(3):
+            rows = np.arange(i * n // 3, (i + 1) * n // 3, dtype=np.int32)
+            pq.write_table(pa.table({"user_id": rows, "history": [[1, 2]] * len(rows),
+                                     "target": rng.integers(1, 9, size=len(rows)).astype(np.int32),
+                                     "history_len": np.full(len(rows), 2, np.int32)}), folder / f"part-{i:05d}.parquet")
+    sids = rng.integers(0, 4, size=(9, 3)).astype(np.int32)
+
+    def epochs(seed, count=2, split="train"):
+        ds = build_datasets(tmp_path, sids, 20, splits=(split,), shuffle_seed=seed)[split]
+        ds.context.execution_options.preserve_order = True  # as the driver's ingest options set it
+        it = ds.streaming_split(1, equal=True)[0]  # what Ray Train hands a worker, executed once per epoch
+        return [np.concatenate([b["user_id"] for b in it.iter_batches(batch_size=128, batch_format="numpy")])
+                for _ in range(count)]
+
+    first, second = epochs(5)
+    assert sorted(first) == sorted(second) == list(range(n))  # every row once per epoch
+    assert not np.array_equal(first, second)  # a new order each epoch
+    assert not np.array_equal(first, np.sort(first))  # not file order
+    assert all(np.array_equal(a, b) for a, b in zip(epochs(5), (first, second)))  # fixed by the seed
+    assert not np.array_equal(epochs(6, 1)[0], first)
+    assert np.array_equal(epochs(None, 1)[0], np.arange(n))  # local (default): file order reaches the worker

@@ -71,6 +71,22 @@ def test_a_retired_key_in_saved_settings_does_not_block_a_resume(tmp_path):
     check_resume(str(tmp_path), "r", _settings("train.lr=0.01"), print)  # no error
 
 
+def test_settings_saved_before_a_key_was_added_equal_its_old_behaviour_only(tmp_path):
+    """A record without train.shuffle (written before the key existed) is the same as train.shuffle=local, the
+    behaviour it was trained with, and differs from train.shuffle=global; the quality benchmark hashes alike."""
+    from s2gr_ray.config import differing_keys
+
+    old = {k: v for k, v in _settings().items() if k != "train.shuffle"}
+    assert differing_keys(old, _settings()) == []
+    assert differing_keys(old, _settings("train.shuffle=global")) == ["train.shuffle"]
+    check_resume(str(tmp_path), "r", _settings(), print)
+    (tmp_path / "r" / SETTINGS_FILE).write_text(json.dumps(old))
+    (tmp_path / "r" / "checkpoint_1").mkdir()
+    check_resume(str(tmp_path), "r", _settings(), print)  # no error
+    with pytest.raises(TrainingError, match="train.shuffle: None then, 'global' now"):
+        check_resume(str(tmp_path), "r", _settings("train.shuffle=global"), print)
+
+
 def test_gpu_training_on_a_cpu_only_torch_is_refused_before_ray_train(monkeypatch):
     """Ray sees a machine's GPUs whatever torch is installed; a CPU-only torch would fail inside every worker."""
     import ray
