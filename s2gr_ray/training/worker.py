@@ -101,6 +101,19 @@ def finalize(sums: dict[str, float], cfg) -> dict[str, dict[str, float]]:
     return {"all": views["all"], "hist": views.get(paper_view(cfg.eval.min_history_view), {})}
 
 
+def lift_early_stop(state: dict, patience: int) -> str:
+    """A resumed run that stopped early under a smaller train.patience goes on under the current one (resume may
+    raise patience and train.max_epochs): its stop is re-judged on the recorded epochs without improvement. Returns
+    a note when the stop is lifted, else ""."""
+    if not state.get("stopped_early"):
+        return ""
+    state["stopped_early"] = bool(patience and state["bad_epochs"] >= patience)
+    if state["stopped_early"]:
+        return ""
+    return (f"the run stopped early after epoch {state['epoch']} ({state['bad_epochs']} epochs without improvement);"
+            f" with train.patience = {patience} it goes on")
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train
     from ray.train import Checkpoint
@@ -138,6 +151,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if ckpt:  # every checkpoint (epoch or final) holds the engine shards, the loop state and the best weights
         with ckpt.as_directory() as d:
             state = json.loads((Path(d) / STATE_FILE).read_text())
+        note = lift_early_stop(state, cfg.train.patience)
+        if note and rank == 0:
+            print(f"[train] note: {note}", flush=True)
     # epoch 1's stream starts while the model, the engine and the trie are built (overlaps Ray Data's start-up)
     stream = epoch_stream(state["epoch"]) if not state["stopped_early"] and state["epoch"] < cfg.train.max_epochs \
         else None

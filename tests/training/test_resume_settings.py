@@ -100,3 +100,22 @@ def test_gpu_training_on_a_cpu_only_torch_is_refused_before_ray_train(monkeypatc
     with pytest.raises(TrainingError, match="no usable CUDA/NCCL.*torch==2.13.0"):
         _check_resources(load_config(None, ["train.use_gpu=true"]))
     _check_resources(load_config(None, []))  # CPU training: no check
+
+
+def test_a_resume_with_more_patience_lifts_an_early_stop():
+    """README: train.max_epochs and train.patience may grow on resume. A run stopped early (3 epochs without
+    improvement at patience 3) goes on under patience 5 or 0 and stays stopped under 3 or 2."""
+    from s2gr_ray.training.worker import lift_early_stop
+
+    def stopped():
+        return {"epoch": 7, "bad_epochs": 3, "stopped_early": True}
+
+    for patience in (5, 0):
+        state = stopped()
+        note = lift_early_stop(state, patience)
+        assert state["stopped_early"] is False and "goes on" in note and "after epoch 7" in note
+    for patience in (3, 2):
+        state = stopped()
+        assert lift_early_stop(state, patience) == "" and state["stopped_early"] is True
+    running = {"epoch": 2, "bad_epochs": 0, "stopped_early": False}
+    assert lift_early_stop(running, 1) == "" and running["stopped_early"] is False
