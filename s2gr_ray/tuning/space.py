@@ -165,7 +165,8 @@ def _parse_param(where: str, key: str, dist: Any, keys: list[str]) -> Param:
     if key.startswith(FORBIDDEN) or key in FORBIDDEN_KEYS:
         raise ConfigError(f"{where}: {key} cannot be searched: data.*, embed.* and ray.* belong to the stages "
                           "every trial shares (one prepared dataset, one set of embeddings), and name / "
-                          "train.storage_path / train.run_name are set per trial; set them in `overrides`")
+                          "train.storage_path / train.run_name name where runs go; set them in `overrides` (on "
+                          "a shared storage path each trial's run name gains its trial id)")
     if not isinstance(dist, Mapping) or len(dist) != 1:
         raise ConfigError(f"{where}: params.{key} must be one mapping like {{choice: [...]}} with one of "
                           f"{', '.join(KINDS)}; got {dist!r}")

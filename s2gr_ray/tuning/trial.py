@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from s2gr_ray import artifacts
-from s2gr_ray.config import Config, dump_yaml
+from s2gr_ray.config import Config, apply_overrides, dump_yaml
 from s2gr_ray.tuning.space import base_from_dict, decode_params, trial_config
 
 # Files and folders of a prepared run directory that every trial shares (read-only).
@@ -103,13 +103,23 @@ def link_tokenizer(tok_dir: Path, run: Path) -> None:
         shutil.copytree(tok_dir, link)
 
 
+def trial_run_config(base: Config, params: dict[str, Any], trial_id: str) -> Config:
+    """The trial's config. Its checkpoints go to OUT/trials/ID/train; a train.storage_path set in the sweep's
+    overrides (s3://..., shared by every trial) gets one folder per trial: train.run_name gains the trial id
+    (otherwise the trials would resume from, or be refused by, each other's checkpoints)."""
+    cfg = trial_config(base, params)
+    if cfg.train.storage_path:
+        cfg = apply_overrides(cfg, {"train.run_name": f"{cfg.train.run_name}_{trial_id}"})
+    return cfg
+
+
 def run_trial(params: dict[str, Any], spec: dict[str, Any], trial_id: str, callbacks: list | None,
               log: Callable[[str], None]) -> dict:
     """Build the trial's config and run directory, get its tokenizer, train. Raises on any failure (-> ERROR)."""
     from s2gr_ray.training.driver import train_stage
 
     out = Path(spec["out"])
-    cfg = trial_config(base_from_dict(spec["base"]), params)  # a bad combination raises ConfigError here
+    cfg = trial_run_config(base_from_dict(spec["base"]), params, trial_id)  # a bad combination raises ConfigError
     run = out / "trials" / trial_id
     link_shared_data(out / "data", run)
     artifacts.write_json(run / "params.json", {"trial_id": trial_id, "params": decode_params(params)})

@@ -212,3 +212,15 @@ def test_max_concurrent_from_the_command_line_wins_and_is_checked(tmp_path):
     assert load_space(space).fingerprint() == load_space(space, max_concurrent=4).fingerprint()  # resumable
     with pytest.raises(ConfigError, match="--max-concurrent"):
         load_space(space, max_concurrent=-1)
+
+
+def test_trials_on_a_shared_storage_path_get_their_own_checkpoint_folders():
+    """Without train.storage_path each trial keeps its checkpoints in OUT/trials/ID/train; with one (s3://... in
+    the sweep's overrides) the trials would share STORAGE/run_name, so the run name carries the trial id."""
+    from s2gr_ray.tuning.trial import trial_run_config
+
+    local = trial_run_config(load_config(None), {}, "abc_00001")
+    assert local.train.run_name == "s2gr" and local.train.storage_path == ""
+    shared = load_config(None, ["train.storage_path=s3://bucket/sweeps", "train.run_name=r"])
+    names = {trial_run_config(shared, {}, t).train.run_name for t in ("abc_00001", "abc_00002")}
+    assert names == {"r_abc_00001", "r_abc_00002"}
