@@ -8,7 +8,8 @@
                                       target int32, history_len int32 (full history length before truncation)
     RUN/embeddings/embeddings.npy     float32 [N, d]; row i is item_id i + 1                (②)
     RUN/tokenizer/                    codebooks, item -> SID table, coarse clusters, report  (③)
-    RUN/train/                        Ray Train storage: checkpoints, TensorBoard            (⑤ ⑥)
+    RUN/train/                        Ray Train storage: checkpoints (unless train.storage_path) (⑤ ⑥)
+    RUN/tensorboard/<run_name>/       TensorBoard curves (not with a URI train.storage_path)
     RUN/metrics.json                  final metrics of `s2gr run`
     RUN/config.yaml                   the resolved config the model was trained with
 

@@ -27,6 +27,18 @@ def _prepare(cfg: Config, out: Path) -> dict:
     return prepare_stage(cfg, out, log)
 
 
+def _prepare_unless_current(cfg: Config, out: Path) -> None:
+    """`s2gr run`'s prepare: reuse RUN's prepared data when it was built from this data section and the same
+    dataset files (`artifact_mismatch`), else (re)build it."""
+    reason = artifact_mismatch("prepare", cfg, out)
+    if reason is None:
+        log(f"prepare: reusing the prepared data in {out} (same data section and dataset files)")
+        return
+    if reason != "missing":
+        log(f"prepare: re-preparing {out}: {reason}")
+    _prepare(cfg, out)
+
+
 def _embed(cfg: Config, out: Path) -> dict:
     from s2gr_ray.data.embed import embed_stage
 
@@ -68,7 +80,7 @@ def cmd_run(cfg: Config, out: Path) -> dict:
     """prepare → embed → tokenize → train (+ evaluate): everything into one run directory. Each stage reuses
     its artifact when it matches the config and the upstream artifacts (embed, tokenize), else rebuilds it."""
     t0 = time.time()
-    _prepare(cfg, out)
+    _prepare_unless_current(cfg, out)
     _embed(cfg, out)
     report = _tokenize(cfg, out)
     metrics = _train(cfg, out)

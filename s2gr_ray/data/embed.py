@@ -108,7 +108,9 @@ def encode_texts(texts: list[str], cfg: EmbedConfig, log: Callable[[str], None] 
 
 
 def load_precomputed(path: Path, raw_ids: list[str]) -> np.ndarray:
-    """.npy [N, d] in item order, or parquet with columns (item_id or raw_id) + embedding (list<float>)."""
+    """.npy [N, d] in RUN's item order (item_id 1..N), or parquet with an id column + embedding (list<float>); the id
+    column (raw_id, item_id or asin, the first present) holds the dataset's own item ids (RUN/items.parquet raw_id),
+    not RUN's 1..N numbering."""
     path = Path(path)
     if not path.exists():
         raise EmbeddingError(f"embed.path {path} does not exist")

@@ -52,10 +52,11 @@ def add_parsers(sub) -> None:
     p = sub.add_parser("evaluate", help="Recall/NDCG of RUN/model on a split via Ray Data -> RUN/eval_<split>.json")
     p.add_argument("run", type=Path)
     p.add_argument("--split", default="test", choices=("valid", "test"))
-    run_default = "default: the run's own eval.{} (from RUN/config.yaml or RUN/metrics.json), else {}"
-    p.add_argument("--beam-size", type=int, default=None, help=run_default.format("beam_size", "20"))
-    p.add_argument("--ks", default=None, help="comma-separated positive cut-offs K; "
-                   + run_default.format("ks", "5,10"))
+    run_default = "default: the run's own eval.{} (from RUN/config.yaml), else {}"
+    p.add_argument("--beam-size", type=int, default=None,
+                   help=run_default.format("beam_size", "20, raised to the largest cut-off"))
+    p.add_argument("--ks", default=None, help="comma-separated positive cut-offs K; default: the run's own eval.ks "
+                   "(from RUN/config.yaml, else the cut-offs in RUN/metrics.json), else 5,10")
     p.add_argument("--min-history-view", type=int, default=None,
                    help="paper view: history >= this (0 = off); " + run_default.format("min_history_view", "10"))
     p.add_argument("--batch-size", type=int, default=256)

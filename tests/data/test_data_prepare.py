@@ -145,3 +145,27 @@ def test_beauty_counts(beauty, tmp_path):
     m = prepare_stage(cfg, tmp_path / "beauty", log=lambda s: None)
     assert (m["num_users"], m["num_items"], m["num_interactions"]) == (22363, 12101, 198502)
     assert m["splits"] == {"train": 198502 - 3 * 22363, "valid": 22363, "test": 22363}
+
+
+def test_s2gr_run_reuses_a_current_prepare_and_redoes_a_stale_one(tmp_path, monkeypatch):
+    """`s2gr run`'s first stage: the same data section and dataset files reuse RUN's prepared data (no rewrite);
+    another data section, or a changed dataset file, prepares again, saying why."""
+    from s2gr_ray import cli
+
+    lines: list[str] = []
+    monkeypatch.setattr(cli, "log", lines.append)
+    root = write_dataset(tmp_path / "ds", [f"u{u} 1 2 3 4 5 6 7" for u in range(4)])
+    run = tmp_path / "run"
+    cli._prepare_unless_current(cfg_for(root), run)
+    manifest = run / "manifest.json"
+    first = manifest.stat().st_mtime_ns
+    cli._prepare_unless_current(cfg_for(root), run)
+    assert manifest.stat().st_mtime_ns == first and "reusing the prepared data" in lines[-1]
+    cli._prepare_unless_current(cfg_for(root, "data.rows_per_shard=100"), run)
+    assert any("re-preparing" in line and "another config" in line for line in lines)
+    assert len(list((run / "sequences" / "train").glob("*.parquet"))) == 1
+    write_dataset(root, [f"u{u} 1 2 3 4 5 6 7" for u in range(5)])  # the dataset changed on disk
+    seen = len(lines)
+    cli._prepare_unless_current(cfg_for(root, "data.rows_per_shard=100"), run)
+    assert any("re-preparing" in line for line in lines[seen:])
+    assert json.loads(manifest.read_text())["splits"]["test"] == 5
