@@ -76,7 +76,9 @@ def run_arm(arm: str, seed: int, args, base: Path, work: Path) -> dict:
     if args.force:
         forget_arm(cfg, run, log)
     link_data(base, run)
-    tok_cache = work / "tokenizers" / cfg.section_hash("tokenizer", "seed")
+    # the tokenizer section plus the arm's seed (the folder names of earlier work folders: the seed was then a
+    # top-level config key); tokenizer.seed is part of the section
+    tok_cache = work / "tokenizers" / cfg.section_hash("tokenizer", extra={"seed": seed})
     if tok_cache.exists() and not (run / "tokenizer").exists():
         shutil.copytree(tok_cache, run / "tokenizer")
     tokenize_stage(cfg, run, log=log)
@@ -123,7 +125,7 @@ def arm_settings(cfg) -> dict:
 
 TEXT_COLUMNS = ("arm", "settings", "commit")  # the other CSV columns are numbers
 COMMIT_KEY = "_commit"  # recorded beside the settings in ARM_SETTINGS, not compared
-PER_SEED = ("seed", "train.seed", "tokenizer.seed", "train.run_name")  # differ between the seeds of one arm
+PER_SEED = ("train.seed", "tokenizer.seed", "train.run_name")  # differ between the seeds of one arm
 
 
 def settings_diff(saved: dict, now: dict) -> list[str]:
@@ -145,7 +147,7 @@ def settings_key(settings: dict) -> str:
 
 
 def arm_overrides(arm: str, seed: int, args) -> list[str]:
-    return [f"data.path={args.data}", f"seed={seed}", f"train.seed={seed}", f"tokenizer.seed={seed}",
+    return [f"data.path={args.data}", f"train.seed={seed}", f"tokenizer.seed={seed}",
             f"train.run_name={arm}_s{seed}", *ARMS[arm], *args.overrides]
 
 

@@ -248,7 +248,6 @@ class RayConfig:
 @dataclass(frozen=True)
 class Config:
     name: str = "default"
-    seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
     embed: EmbedConfig = field(default_factory=EmbedConfig)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
@@ -261,11 +260,12 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         return _to_plain(self)
 
-    def section_hash(self, *sections: str) -> str:
+    def section_hash(self, *sections: str, extra: Mapping[str, Any] | None = None) -> str:
         """Stable hash of the named sections (for caching artifacts by the config that built them). Keys that
         change how a stage runs, not what it builds (RUNTIME_KEYS: logging, device, the text encoder's batch
-        size and cache folder), count at their defaults: changing them reuses the artifact."""
-        plain = {}
+        size and cache folder), count at their defaults: changing them reuses the artifact. ``extra``: more
+        top-level values hashed beside the sections."""
+        plain = dict(extra or {})
         for s in sections:
             plain[s] = value = _to_plain(getattr(self, s))
             for key in RUNTIME_KEYS.get(s, ()):
@@ -328,6 +328,8 @@ _NON_NEGATIVE = {
 # (training resume, the quality benchmark's finished arms) ignore them, and a config that sets one is told why
 RETIRED_KEYS: dict[str, str] = {
     "train.eval_every": "validation runs after every epoch (train.patience counts epochs); remove the key",
+    "seed": "it was never read; set train.seed (model init, data order), tokenizer.seed (the tokenizer fit) or "
+            "data.synthetic.seed (the synthetic catalog)",
 }
 
 

@@ -56,6 +56,7 @@ def test_dataset_location_override_on_preset():
     ("model.detach_think=maybe", "model.detach_think"),
     ("model.w_rec=0", "code heads learn only from L_Rec"),
     ("train.eval_every=2", "no longer exists: validation runs after every epoch"),
+    ("seed=3", "no longer exists: it was never read; set train.seed"),
     ("train", "key=value"),
 ])
 def test_bad_values_name_the_key(override, needle):
@@ -114,4 +115,5 @@ def test_saved_configs_with_a_retired_key_still_load():
 
     saved = load_config(None, []).to_dict()
     saved["train"]["eval_every"] = 1
+    saved["seed"] = 0  # the retired top-level seed of older RUN/config.yaml files
     assert config_from_dict(saved).train.max_epochs == load_config(None, []).train.max_epochs

@@ -74,7 +74,8 @@ def test_shards_depend_on_the_data_section_alone(tmp_path):
     root = write_dataset(tmp_path / "ds", [f"u{u} 1 2 3 4 5 6 7" for u in range(4)])
     rows = []
     for seed in (0, 3):
-        m = prepare_stage(cfg_for(root, f"seed={seed}"), tmp_path / f"run{seed}", log=lambda s: None)
+        m = prepare_stage(cfg_for(root, f"train.seed={seed}", f"tokenizer.seed={seed}"), tmp_path / f"run{seed}",
+                          log=lambda s: None)
         rows.append((m["config_hash"], pq.read_table(tmp_path / f"run{seed}" / "sequences" / "train").to_pydict()))
     assert rows[0] == rows[1] and rows[0][1]["user_id"] != sorted(rows[0][1]["user_id"])  # one shuffled order
 
