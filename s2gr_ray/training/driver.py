@@ -102,6 +102,18 @@ def check_resume(storage: str, run_name: str, settings: dict[str, Any], log: Cal
         fh.write(json.dumps(settings, indent=1, sort_keys=True).encode())
 
 
+def scaling_config(cfg: Config):
+    """The workers Ray Train asks for (what an autoscaler sees as demand): train.num_workers bundles of
+    {"CPU": train.cpus_per_worker} plus {"GPU": train.gpus_per_worker} with train.use_gpu."""
+    from ray.train import ScalingConfig
+
+    resources = {"CPU": cfg.train.cpus_per_worker}
+    if cfg.train.use_gpu:
+        resources["GPU"] = cfg.train.gpus_per_worker
+    return ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
+                         resources_per_worker=resources)
+
+
 def storage_root(cfg: Config, run: Path) -> str:
     """Where Ray Train keeps the checkpoints of STORAGE/train.run_name: train.storage_path (an absolute local
     folder or a pyarrow URI), else RUN/train."""
@@ -142,7 +154,7 @@ def _tokenizer_scalars(report: dict) -> dict[str, float]:
 
 def train_stage(cfg: Config, run: Path, log: Callable[[str], None] = print, callbacks: list | None = None) -> dict:
     """Train on RUN; `callbacks` are Ray Train UserCallbacks (a sweep passes TuneReportCallback)."""
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from s2gr_ray.training.data_pipeline import build_datasets
@@ -174,15 +186,11 @@ def train_stage(cfg: Config, run: Path, log: Callable[[str], None] = print, call
     # train.seed fixing the local shuffle a rerun sees the same batches (reproducible runs)
     ingest = DataConfig.default_ingest_options()
     ingest.preserve_order = True
-    resources = {"CPU": cfg.train.cpus_per_worker}
-    if cfg.train.use_gpu:
-        resources["GPU"] = cfg.train.gpus_per_worker
     trainer = TorchTrainer(
         worker_mod.train_loop_per_worker,
         train_loop_config=loop_config,
         torch_config=TorchConfig(backend="nccl" if cfg.train.use_gpu else "gloo"),
-        scaling_config=ScalingConfig(num_workers=cfg.train.num_workers, use_gpu=cfg.train.use_gpu,
-                                     resources_per_worker=resources),
+        scaling_config=scaling_config(cfg),
         run_config=RunConfig(
             name=cfg.train.run_name, storage_path=storage,
             checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints,

@@ -155,23 +155,24 @@ def test_tokenizer_is_current_only_with_its_config_and_upstream(tmp_path):
 
 
 def test_train_chain_builds_rebuilds_and_reuses(tmp_path, monkeypatch, capsys):
-    """`s2gr train` brings each upstream stage up to date (tokenize and train stubbed: no torch, no Ray)."""
+    """`s2gr train` brings each upstream stage up to date: the real prepare, embed and tokenize stages (a tiny
+    tokenizer, seconds), with train stubbed (Ray Train is tested in tests/training)."""
     import s2gr_ray.cli as cli
 
     calls: list[str] = []
+    real_tokenize = cli._tokenize
 
-    def fake_tokenize(cfg, out):
+    def tokenize(cfg, out):
         calls.append("tokenize")
-        data_m = artifacts.read_manifest(out, "data")
-        emb_m = artifacts.read_manifest(artifacts.embeddings_dir(out), "embeddings")
-        artifacts.write_manifest(artifacts.tokenizer_dir(out), "tokenizer", cfg.section_hash("tokenizer"),
-                                 {"embeddings": emb_m["hash"], "data": data_m["hash"]})
-        return {}
+        return real_tokenize(cfg, out)
 
-    monkeypatch.setattr(cli, "_tokenize", fake_tokenize)
+    monkeypatch.setattr(cli, "_tokenize", tokenize)
     monkeypatch.setattr(cli, "_train", lambda cfg, out: calls.append("train") or {})
     run = tmp_path / "run"
-    a, b = [*TINY, "data.synthetic.num_items=30"], [*TINY, "data.synthetic.num_items=20"]
+    tiny_tok = ["tokenizer.codebook_sizes=[8,8]", "tokenizer.num_coarse=4", "tokenizer.epochs=5",
+                "tokenizer.hidden_dims=[32]", "tokenizer.latent_dim=8", "tokenizer.batch_size=64", "tokenizer.device=cpu"]
+    a = [*TINY, *tiny_tok, "data.synthetic.num_items=30"]
+    b = [*TINY, *tiny_tok, "data.synthetic.num_items=20"]
     assert main(["train", *a, "--out", str(run)]) == 0 and calls == ["tokenize", "train"]
     assert _rows(run) == 30
     calls.clear()

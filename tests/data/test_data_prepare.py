@@ -111,9 +111,7 @@ def test_items_file_errors(tmp_path):
     (root / "items.jsonl").write_bytes(b'{"item_id": 1, "title": "caf\xe9"}\n')
     with pytest.raises(DataError, match=r"items.jsonl:1: not valid UTF-8"):
         prepare_stage(cfg_for(root), tmp_path / "run", log=lambda s: None)
-    (root / "items.jsonl").unlink()
-    with pytest.raises(DataError, match="items.jsonl: file not found"):
-        prepare_stage(cfg_for(root), tmp_path / "run", log=lambda s: None)
+    # a missing items file: tests/data/test_data_inputs3.py
 
 
 def test_rerun_replaces_outputs_completely(tmp_path):
@@ -144,7 +142,10 @@ def test_synthetic_catalog_is_deterministic_and_structured(tmp_path):
 def test_beauty_counts(beauty, tmp_path):
     cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / "beauty.yaml", [f"data.path={beauty}"])
     m = prepare_stage(cfg, tmp_path / "beauty", log=lambda s: None)
+    # the published statistics of 5-core Amazon Beauty (the TIGER / S²GR protocol; the data folder's README)
     assert (m["num_users"], m["num_items"], m["num_interactions"]) == (22363, 12101, 198502)
+    inter = pq.read_table(tmp_path / "beauty" / "interactions.parquet").to_pandas()
+    assert inter.groupby("user_id").size().min() >= 5 and inter.groupby("item_id").size().min() >= 5  # 5-core
     assert m["splits"] == {"train": 198502 - 3 * 22363, "valid": 22363, "test": 22363}
 
 

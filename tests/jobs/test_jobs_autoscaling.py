@@ -6,9 +6,9 @@ types are cluster.yaml's, with resources shrunk to fit: a head with 0 CPUs, cpu_
 min_workers 0. AutoscalingCluster itself is not used: its start/shutdown run `ray stop --force`, which would end
 every Ray process on the machine, and this Ray install lacks the example YAML it reads.
 
-The demand is a real TorchTrainer built as s2gr_ray.training.driver builds it for train.use_gpu=true
-train.num_workers=1 train.gpus_per_worker=1: ScalingConfig(use_gpu=True, resources_per_worker={"CPU": 0.5,
-"GPU": 1}). The fake GPU is a Ray resource only; torch stays on CPU (gloo) as it finds no CUDA device.
+The demand is a real TorchTrainer with the ScalingConfig s2gr_ray.training.driver.scaling_config builds for
+train.use_gpu=true train.num_workers=1 (one bundle of {"CPU": train.cpus_per_worker, "GPU": 1}). The fake GPU is a
+Ray resource only; torch stays on CPU (gloo) as it finds no CUDA device.
 """
 from __future__ import annotations
 
@@ -29,8 +29,10 @@ SMALL_STORE = 100 * 1024 * 1024  # object store per fake node: this machine runs
 DRIVER = r'''
 import json, sys, time
 import ray
-from ray.train import RunConfig, ScalingConfig
+from ray.train import RunConfig
 from ray.train.torch import TorchConfig, TorchTrainer
+from s2gr_ray.config import load_config
+from s2gr_ray.training.driver import scaling_config
 
 address, out = sys.argv[1], sys.argv[2]
 ray.init(address=address, log_to_driver=False)
@@ -49,7 +51,7 @@ def loop(config):
 trainer = TorchTrainer(
     loop, train_loop_config={"path": out + "/worker.json"},
     torch_config=TorchConfig(backend="gloo"),
-    scaling_config=ScalingConfig(num_workers=1, use_gpu=True, resources_per_worker={"CPU": 0.5, "GPU": 1}),
+    scaling_config=scaling_config(load_config(None, ["train.use_gpu=true", "train.num_workers=1"])),
     run_config=RunConfig(name="autoscale", storage_path=out + "/storage"),
 )
 trainer.fit()

@@ -1,7 +1,6 @@
-"""③ tokenize stage on a prepared synthetic run: files, manifest, cache reuse, upstream checks; import rule."""
-import ast
+"""③ tokenize stage on a prepared synthetic run: files, manifest, cache reuse, upstream checks (the import rule is
+checked in tests/config/test_config_layering.py)."""
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -75,13 +74,3 @@ def test_stage_refuses_foreign_tokenizer(run, tmp_path):
 def test_stage_without_embeddings_names_the_missing_stage(tmp_path):
     with pytest.raises(artifacts.ArtifactError, match="embed"):
         tokenize_stage(load_config(None, OVERRIDES), tmp_path, log=lambda s: None)
-
-
-def test_tokenizer_package_imports_no_ray_or_deepspeed():
-    pkg = Path(__file__).resolve().parents[2] / "s2gr_ray" / "tokenizer"
-    for path in pkg.glob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
-            for name in names:
-                assert name.split(".")[0] not in ("ray", "deepspeed"), f"{path.name} imports {name}"
