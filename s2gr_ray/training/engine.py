@@ -157,6 +157,10 @@ def _master_weights(optimizer, params: list[torch.nn.Parameter]) -> dict[int, to
         for low_group, high_group in zip(low, high):
             for lp, hp in zip(low_group, high_group):
                 out[id(lp)] = hp.detach().float().cpu().clone()
+    missing = [p.shape for p in params if p.requires_grad and id(p) not in out]
+    if missing:  # e.g. a fused FP16_Optimizer (flat master groups): never export the bf16 rounding silently
+        raise RuntimeError(f"no fp32 master copy found for {len(missing)} trained parameter(s) under "
+                           f"{type(optimizer).__name__}; use train.precision=amp or fp32")
     return out
 
 

@@ -101,7 +101,7 @@ def finalize(sums: dict[str, float], cfg) -> dict[str, dict[str, float]]:
     return {"all": views["all"], "hist": views.get(paper_view(cfg.eval.min_history_view), {})}
 
 
-def lift_early_stop(state: dict, patience: int) -> str:
+def lift_early_stop(state: dict, patience: int, max_epochs: int) -> str:
     """A resumed run that stopped early under a smaller train.patience goes on under the current one (resume may
     raise patience and train.max_epochs): its stop is re-judged on the recorded epochs without improvement. Returns
     a note when the stop is lifted, else ""."""
@@ -110,8 +110,11 @@ def lift_early_stop(state: dict, patience: int) -> str:
     state["stopped_early"] = bool(patience and state["bad_epochs"] >= patience)
     if state["stopped_early"]:
         return ""
-    return (f"the run stopped early after epoch {state['epoch']} ({state['bad_epochs']} epochs without improvement);"
-            f" with train.patience = {patience} it goes on")
+    done = (f"the run stopped early after epoch {state['epoch']} ({state['bad_epochs']} epochs without "
+            f"improvement); train.patience = {patience} lifts the stop")
+    if state["epoch"] >= max_epochs:
+        return f"{done}, but train.max_epochs = {max_epochs} leaves no epoch to train (raise it to train more)"
+    return f"{done}: training goes on to epoch {max_epochs}"
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -151,7 +154,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if ckpt:  # every checkpoint (epoch or final) holds the engine shards, the loop state and the best weights
         with ckpt.as_directory() as d:
             state = json.loads((Path(d) / STATE_FILE).read_text())
-        note = lift_early_stop(state, cfg.train.patience)
+        note = lift_early_stop(state, cfg.train.patience, cfg.train.max_epochs)
         if note and rank == 0:
             print(f"[train] note: {note}", flush=True)
     # epoch 1's stream starts while the model, the engine and the trie are built (overlaps Ray Data's start-up)

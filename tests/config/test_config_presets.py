@@ -102,6 +102,14 @@ def test_section_hash_is_stable_and_sensitive():
                                   "embed.device": "cpu", "embed.cache_dir": "/elsewhere"})
     assert runtime.section_hash("tokenizer", "embed") == a.section_hash("tokenizer", "embed")  # RUNTIME_KEYS
     assert runtime.tokenizer.log_every == 3  # the config itself keeps the values
+    # a key added later (config.ADDED_KEYS) leaves the hash of its section as it was before the key, at its old
+    # behaviour, and changes it otherwise
+    import hashlib
+    import json
+
+    before = {"train": {k: v for k, v in a.to_dict()["train"].items() if k != "shuffle"}}
+    assert a.section_hash("train") == hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()[:16]
+    assert Config().replace(**{"train.shuffle": "global"}).section_hash("train") != a.section_hash("train")
 
 
 def test_valid_keys_cover_sections():

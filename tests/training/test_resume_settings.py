@@ -112,10 +112,12 @@ def test_a_resume_with_more_patience_lifts_an_early_stop():
 
     for patience in (5, 0):
         state = stopped()
-        note = lift_early_stop(state, patience)
-        assert state["stopped_early"] is False and "goes on" in note and "after epoch 7" in note
+        note = lift_early_stop(state, patience, 12)
+        assert state["stopped_early"] is False and "goes on to epoch 12" in note and "after epoch 7" in note
+    state = stopped()
+    assert "raise it" in lift_early_stop(state, 5, 7) and state["stopped_early"] is False  # lifted, nothing to run
     for patience in (3, 2):
         state = stopped()
-        assert lift_early_stop(state, patience) == "" and state["stopped_early"] is True
+        assert lift_early_stop(state, patience, 12) == "" and state["stopped_early"] is True
     running = {"epoch": 2, "bad_epochs": 0, "stopped_early": False}
-    assert lift_early_stop(running, 1) == "" and running["stopped_early"] is False
+    assert lift_early_stop(running, 1, 12) == "" and running["stopped_early"] is False
