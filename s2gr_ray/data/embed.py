@@ -155,6 +155,10 @@ def embed_stage(cfg: Config, run: Path, log: Callable[[str], None] = print) -> d
             raise EmbeddingError(f"embed.path {e.path} does not exist; pass a .npy or .parquet embedding file")
         source, key = f"precomputed {e.path}", artifacts.file_hash(Path(e.path))
     else:
+        if texts and not any(texts):  # prepare refuses this too, unless it ran with an embed.path that is gone now
+            raise EmbeddingError(f"{run / 'items.parquet'}: every item's text is empty, so there is nothing to encode;"
+                                 " set data.text_fields to the fields to embed and re-run prepare, or pass "
+                                 "precomputed vectors with embed.path=FILE")
         source = f"sentence-transformers {e.model}"
         key = hashlib.sha256(("\n".join([e.model, str(e.normalize)] + texts)).encode()).hexdigest()[:16]
     fingerprint = "" if e.path else model_fingerprint(e.model)

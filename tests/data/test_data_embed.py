@@ -103,3 +103,13 @@ def test_model_changed_in_place_is_re_encoded(run, tmp_path):
     logs.clear()
     embed_stage(cfg, run, log=logs.append)
     assert any("reusing" in line for line in logs)
+
+
+def test_encoding_a_catalog_without_any_text_is_refused(run):
+    """A prepare that ran with embed.path set may keep items without text; encoding those later (embed.path "")
+    would embed empty strings, so the embed stage refuses, naming the file and what to set."""
+    items = pq.read_table(run / "items.parquet")
+    empty = items.set_column(items.column_names.index("text"), "text", pa.array([""] * items.num_rows))
+    pq.write_table(empty, run / "items.parquet")
+    with pytest.raises(EmbeddingError, match=r"items.parquet: every item's text is empty.*data.text_fields"):
+        embed_stage(load_config(None, SMALL), run, log=lambda s: None)
