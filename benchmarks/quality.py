@@ -27,7 +27,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from s2gr_ray.config import flatten, load_config  # noqa: E402
+from s2gr_ray.config import flatten, load_config, recorded_value  # noqa: E402
 
 ARMS: dict[str, list[str]] = {
     "tiger": ["tokenizer.kind=rqvae", "model.n_think=0", "model.aux_decoder_layers=0"],
@@ -166,7 +166,7 @@ def check_same_settings(run: Path, settings: dict) -> None:
     now = json.loads(json.dumps(settings, default=list))
     diff = settings_diff(saved, now)
     if diff:
-        shown = ", ".join(f"{k}: {saved.get(k)!r} then, {now.get(k)!r} now" for k in diff[:6])
+        shown = ", ".join(f"{k}: {recorded_value(saved, k)!r} then, {recorded_value(now, k)!r} now" for k in diff[:6])
         raise SystemExit(f"{run} was trained with other settings ({shown}{', ...' if len(diff) > 6 else ''}); "
                          "pass --force to retrain it, or a new --work folder (and --tag) for these settings")
 

@@ -155,6 +155,11 @@ class ModelConfig:
     w_reg: float = 0.1  # lambda
     tau_align: float = 0.1
     tau_infonce: float = 0.1
+    # L_InfoNCE scores the overall-interest vector v_g itself against the mean code embedding of the target items,
+    # so the v_g that L_Reg pulls t_1 towards is the one L_InfoNCE anchors (S2GR.md). true = through a learned
+    # linear map first (the behaviour of models trained before the key existed; L_Reg then pulled t_1 towards a v_g
+    # only that map anchored)
+    infonce_proj: bool = False
 
 
 @dataclass(frozen=True)
@@ -342,6 +347,7 @@ RETIRED_KEYS: dict[str, str] = {
 # record without the key equals one with this value (runs and results stay comparable across the addition)
 ADDED_KEYS: dict[str, Any] = {
     "train.shuffle": "local",
+    "model.infonce_proj": True,
 }
 
 
@@ -350,6 +356,12 @@ def comparable_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
     ADDED_KEYS at the value an older record implies."""
     return {k: v for k, v in settings.items()
             if k not in RETIRED_KEYS and not (k in ADDED_KEYS and v == ADDED_KEYS[k])}
+
+
+def recorded_value(settings: Mapping[str, Any], key: str) -> Any:
+    """A key's value in a flat settings record, as `comparable_settings` reads it (an ADDED_KEYS key the record
+    predates: its old value)."""
+    return settings[key] if key in settings else ADDED_KEYS.get(key)
 
 
 def differing_keys(saved: Mapping[str, Any], now: Mapping[str, Any]) -> list[str]:
@@ -628,8 +640,14 @@ def _load_yaml_chain(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
 
 
 def config_from_dict(data: Mapping[str, Any]) -> Config:
-    """Rebuild a Config from ``Config.to_dict()`` output (e.g. a manifest), validated."""
-    return apply_overrides(Config(), {k: v for k, v in _flatten_mapping(data).items() if k not in RETIRED_KEYS})
+    """Rebuild a Config from ``Config.to_dict()`` output (e.g. a manifest, a model signature's model section),
+    validated. A saved record is read as it was written: retired keys are dropped, and an ADDED_KEYS key it lacks
+    takes the value that reproduces the behaviour it was written with (in the sections the record has)."""
+    flat = {k: v for k, v in _flatten_mapping(data).items() if k not in RETIRED_KEYS}
+    for key, old in ADDED_KEYS.items():
+        if key.split(".")[0] in data and key not in flat:
+            flat[key] = old
+    return apply_overrides(Config(), flat)
 
 
 def dump_yaml(cfg: Config) -> str:

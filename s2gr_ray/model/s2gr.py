@@ -88,7 +88,8 @@ class S2GR(nn.Module):
         if self.use_infonce:
             self.aux_query = nn.Parameter(torch.randn(d))
             self.aux_decoder = Decoder(cfg.aux_decoder_layers, *block, self_attention=False)
-            self.infonce_proj = nn.Linear(d, d, bias=False)
+            # model.infonce_proj: the map of models trained before it was optional (S2GR.md scores v_g itself)
+            self.infonce_proj = nn.Linear(d, d, bias=False) if cfg.infonce_proj else nn.Identity()
         for emb in (self.level_emb, self.recency_emb, self.dec_pos):
             nn.init.normal_(emb.weight, std=0.5)
         # Cross-attention may read K/V weights outside their Linear's forward (Attention.attend_memory); engines

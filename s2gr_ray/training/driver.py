@@ -15,7 +15,7 @@ from typing import Any, Callable
 import numpy as np
 
 from s2gr_ray import artifacts
-from s2gr_ray.config import Config, differing_keys, dump_yaml, flatten, paper_view
+from s2gr_ray.config import Config, differing_keys, dump_yaml, flatten, paper_view, recorded_value
 from s2gr_ray.training import worker as worker_mod
 
 
@@ -87,7 +87,8 @@ def check_resume(storage: str, run_name: str, settings: dict[str, Any], log: Cal
             saved = json.loads(fh.read().decode())
         diff = differing_keys(saved, settings)
         if diff:
-            shown = ", ".join(f"{k}: {saved.get(k)!r} then, {settings.get(k)!r} now" for k in diff[:5])
+            shown = ", ".join(f"{k}: {recorded_value(saved, k)!r} then, {recorded_value(settings, k)!r} now"
+                              for k in diff[:5])
             raise TrainingError(
                 f"{where} holds {len(checkpoints)} checkpoint(s) of a run with other settings ({shown}"
                 f"{', ...' if len(diff) > 5 else ''}); Ray Train would resume from them. Use another train.run_name "

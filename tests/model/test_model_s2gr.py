@@ -117,6 +117,30 @@ def test_every_parameter_gets_a_gradient(kw):
     torch.testing.assert_close(out.terms["loss"], total)
 
 
+def test_infonce_scores_v_g_itself_and_older_models_keep_their_map():
+    """L_InfoNCE anchors the v_g that L_Reg pulls t_1 towards (no map in between, S2GR.md); a model whose saved
+    config predates model.infonce_proj rebuilds with the map it was trained with, so its weights still load."""
+    from s2gr_ray.config import config_from_dict
+    from s2gr_ray.model.losses import infonce_loss
+
+    model = tiny_model(SIZES, 3, seed=0, n_think=1)
+    assert isinstance(model.infonce_proj, torch.nn.Identity)
+    assert not any(k.startswith("infonce_proj") for k in model.state_dict())
+    history, mask, target = _batch()
+    memory, mmask = model.encode(history, mask)
+    v_g = model.aux_vector(memory, mmask)
+    item_repr = model.code_emb(target.long() + model.offsets).mean(1)
+    torch.testing.assert_close(model(history, mask, target).terms["infonce"],
+                               infonce_loss(v_g, item_repr, target.long(), model.cfg.tau_infonce).detach())
+    old = tiny_model(SIZES, 3, seed=0, n_think=1, infonce_proj=True)
+    saved = {k: v for k, v in old.cfg.__dict__.items() if k != "infonce_proj"}  # a signature from before the key
+    rebuilt_cfg = config_from_dict({"model": saved}).model
+    assert rebuilt_cfg.infonce_proj is True
+    clusters = [old.centres(l) for l in range(3)], [old.code_to_cluster(l) for l in range(3)]
+    rebuilt = S2GR(rebuilt_cfg, SIZES, 3, *clusters, max_history=6)
+    rebuilt.load_state_dict(old.state_dict())  # strict: the map's weight has its place
+
+
 def test_switched_off_terms_build_no_modules():
     model = tiny_model(SIZES, 3, n_think=1, w_align=0.0, w_infonce=0.0)
     names = [n for n, _ in model.named_parameters()]

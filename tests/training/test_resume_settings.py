@@ -83,7 +83,7 @@ def test_settings_saved_before_a_key_was_added_equal_its_old_behaviour_only(tmp_
     (tmp_path / "r" / SETTINGS_FILE).write_text(json.dumps(old))
     (tmp_path / "r" / "checkpoint_1").mkdir()
     check_resume(str(tmp_path), "r", _settings(), print)  # no error
-    with pytest.raises(TrainingError, match="train.shuffle: None then, 'global' now"):
+    with pytest.raises(TrainingError, match="train.shuffle: 'local' then, 'global' now"):
         check_resume(str(tmp_path), "r", _settings("train.shuffle=global"), print)
 
 
