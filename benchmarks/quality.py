@@ -100,13 +100,12 @@ def forget_arm(cfg, run: Path, log=print) -> None:
     resume: STORAGE/train.run_name, local or at a pyarrow URI (train.storage_path = s3://..., gs://...)."""
     import pyarrow.fs as pafs
 
-    from s2gr_ray.training.driver import storage_root
+    from s2gr_ray.training.driver import run_folder, storage_root
 
     (run / "metrics.json").unlink(missing_ok=True)
     (run / ARM_SETTINGS).unlink(missing_ok=True)
     storage = storage_root(cfg, run)
-    fs, root = pafs.FileSystem.from_uri(storage) if "://" in storage else (pafs.LocalFileSystem(), storage)
-    target = f"{root.rstrip('/')}/{cfg.train.run_name}"
+    fs, target = run_folder(storage, cfg.train.run_name)
     if fs.get_file_info(target).type != pafs.FileType.NotFound:
         log(f"--force: removing the checkpoints of {cfg.train.run_name} in {storage}")
         fs.delete_dir(target)

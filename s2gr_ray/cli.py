@@ -30,13 +30,10 @@ def _prepare(cfg: Config, out: Path) -> dict:
 def _prepare_unless_current(cfg: Config, out: Path) -> None:
     """`s2gr run`'s prepare: reuse RUN's prepared data when it was built from this data section and the same
     dataset files (`artifact_mismatch`), else (re)build it."""
-    reason = artifact_mismatch("prepare", cfg, out)
-    if reason is None:
+    if artifact_mismatch("prepare", cfg, out) is None:
         log(f"prepare: reusing the prepared data in {out} (same data section and dataset files)")
-        return
-    if reason != "missing":
-        log(f"prepare: re-preparing {out}: {reason}")
-    _prepare(cfg, out)
+    else:
+        _ensure("prepare", _prepare, cfg, out)
 
 
 def _embed(cfg: Config, out: Path) -> dict:

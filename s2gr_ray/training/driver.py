@@ -67,17 +67,22 @@ def run_settings(cfg: Config, tokenizer_hash: str, data_hash: str) -> dict[str, 
     return {**flat, "data.max_history": cfg.data.max_history, "tokenizer": tokenizer_hash, "data": data_hash}
 
 
+def run_folder(storage: str, run_name: str):
+    """(pyarrow filesystem, path) of STORAGE/RUN_NAME, the folder of one run's checkpoints: a local folder or a
+    pyarrow filesystem URI (s3://, gs://, file://)."""
+    from pyarrow import fs
+
+    filesystem, root = fs.FileSystem.from_uri(storage) if "://" in storage else (fs.LocalFileSystem(), storage)
+    return filesystem, f"{root.rstrip('/')}/{run_name}"
+
+
 def check_resume(storage: str, run_name: str, settings: dict[str, Any], log: Callable[[str], None]) -> None:
     """Ray Train resumes from any checkpoint under STORAGE/RUN_NAME. Refuse to when those checkpoints were trained
     with other settings (a re-run with another train.lr would otherwise test the old weights under the new
     label), then record this run's settings there. Local paths and pyarrow filesystem URIs."""
     from pyarrow import fs
 
-    if "://" in storage:
-        filesystem, root = fs.FileSystem.from_uri(storage)
-    else:
-        filesystem, root = fs.LocalFileSystem(), storage
-    folder = f"{root.rstrip('/')}/{run_name}"
+    filesystem, folder = run_folder(storage, run_name)
     entries = filesystem.get_file_info(fs.FileSelector(folder, allow_not_found=True))
     checkpoints = [e.base_name for e in entries if e.base_name.startswith("checkpoint_")]
     where = f"{storage.rstrip('/')}/{run_name}"

@@ -164,10 +164,10 @@ def test_s2gr_run_reuses_a_current_prepare_and_redoes_a_stale_one(tmp_path, monk
     cli._prepare_unless_current(cfg_for(root), run)
     assert manifest.stat().st_mtime_ns == first and "reusing the prepared data" in lines[-1]
     cli._prepare_unless_current(cfg_for(root, "data.rows_per_shard=100"), run)
-    assert any("re-preparing" in line and "another config" in line for line in lines)
+    assert any("another config" in line and "re-running `s2gr prepare`" in line for line in lines)
     assert len(list((run / "sequences" / "train").glob("*.parquet"))) == 1
     write_dataset(root, [f"u{u} 1 2 3 4 5 6 7" for u in range(5)])  # the dataset changed on disk
     seen = len(lines)
     cli._prepare_unless_current(cfg_for(root, "data.rows_per_shard=100"), run)
-    assert any("re-preparing" in line for line in lines[seen:])
+    assert any("changed since" in line and "re-running `s2gr prepare`" in line for line in lines[seen:])
     assert json.loads(manifest.read_text())["splits"]["test"] == 5
