@@ -30,10 +30,8 @@ def _prepare(cfg: Config, out: Path) -> dict:
 def _prepare_unless_current(cfg: Config, out: Path) -> None:
     """`s2gr run`'s prepare: reuse RUN's prepared data when it was built from this data section and the same
     dataset files (`artifact_mismatch`), else (re)build it."""
-    if artifact_mismatch("prepare", cfg, out) is None:
+    if _ensure("prepare", _prepare, cfg, out):
         log(f"prepare: reusing the prepared data in {out} (same data section and dataset files)")
-    else:
-        _ensure("prepare", _prepare, cfg, out)
 
 
 def _embed(cfg: Config, out: Path) -> dict:
@@ -136,13 +134,14 @@ def artifact_mismatch(stage: str, cfg: Config, out: Path) -> str | None:
     return None
 
 
-def _ensure(stage: str, build: Callable[[Config, Path], dict], cfg: Config, out: Path) -> None:
+def _ensure(stage: str, build: Callable[[Config, Path], dict], cfg: Config, out: Path) -> bool:
     """Bring an upstream artifact up to date so single stages can run on any run directory: build it when
     missing, rebuild it when it was built from another config or upstream (as `s2gr run` does; a stage reuses
-    what still matches, e.g. embed after a change of embed.batch_size), never use it as it is."""
+    what still matches, e.g. embed after a change of embed.batch_size), never use it as it is. True when the
+    artifact was current (nothing built)."""
     reason = artifact_mismatch(stage, cfg, out)
     if reason is None:
-        return
+        return True
     folder = _folder(stage, out)
     if reason == "missing":
         log(f"{folder} missing: building it first")
@@ -150,6 +149,7 @@ def _ensure(stage: str, build: Callable[[Config, Path], dict], cfg: Config, out:
         log(f"{folder} ({stage}) was {reason}: re-running `s2gr {stage}` into it first (use another --out to "
             "keep it)")
     build(cfg, out)
+    return False
 
 
 def _print_metrics(metrics: dict, report: dict | None = None) -> None:

@@ -276,10 +276,8 @@ class Config:
             plain[s] = value = _to_plain(getattr(self, s))
             for key in RUNTIME_KEYS.get(s, ()):
                 value[key] = _to_plain(getattr(type(getattr(self, s))(), key))
-            for dotted, old in ADDED_KEYS.items():  # at its old behaviour an added key leaves the hash as it was
-                section, _, key = dotted.partition(".")
-                if section == s and value.get(key) == old:
-                    del value[key]
+            for key in [k for k, v in value.items() if _at_old_behaviour(f"{s}.{k}", v)]:
+                del value[key]  # at its old behaviour an added key leaves the hash as it was
         blob = json.dumps(plain, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -354,8 +352,12 @@ ADDED_KEYS: dict[str, Any] = {
 def comparable_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
     """A flat settings record as settings are compared and hashed: without RETIRED_KEYS (never read) and without
     ADDED_KEYS at the value an older record implies."""
-    return {k: v for k, v in settings.items()
-            if k not in RETIRED_KEYS and not (k in ADDED_KEYS and v == ADDED_KEYS[k])}
+    return {k: v for k, v in settings.items() if k not in RETIRED_KEYS and not _at_old_behaviour(k, v)}
+
+
+def _at_old_behaviour(key: str, value: Any) -> bool:
+    """An ADDED_KEYS key at the value that reproduces the behaviour from before it existed."""
+    return key in ADDED_KEYS and value == ADDED_KEYS[key]
 
 
 def recorded_value(settings: Mapping[str, Any], key: str) -> Any:
