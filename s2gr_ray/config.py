@@ -200,9 +200,9 @@ class TrainConfig:
     # the training rows' order. "local": prepare shuffles the rows once into the shards and each worker shuffles a
     # window of four micro-batches, reseeded every epoch: streaming (memory does not grow with the rows), but every
     # epoch visits the rows in nearly the same coarse order. "global": a full Ray Data random_shuffle of the
-    # training rows before every epoch (a new permutation per epoch, the sequence fixed by train.seed; a resumed or
-    # restarted run starts the sequence again): an all-to-all exchange per epoch that holds the training rows in
-    # Ray's object store (spilled to disk when they do not fit).
+    # training rows before every epoch (a new permutation per epoch, the sequence fixed by train.seed; a resumed run
+    # seeds its sequence from the epoch it resumes at): an all-to-all exchange per epoch that holds the training
+    # rows in Ray's object store (spilled to disk when they do not fit).
     shuffle: str = "local"
     lr: float = 1e-3
     weight_decay: float = 0.01

@@ -108,6 +108,36 @@ def check_resume(storage: str, run_name: str, settings: dict[str, Any], log: Cal
         fh.write(json.dumps(settings, indent=1, sort_keys=True).encode())
 
 
+def resume_epoch(storage: str, run_name: str) -> int:
+    """Epochs done by the newest checkpoint under STORAGE/RUN_NAME (Ray Train resumes from it), 0 without one.
+    Checkpoint folders are named checkpoint_<timestamp>, so the newest sorts last."""
+    from pyarrow import fs
+
+    filesystem, folder = run_folder(storage, run_name)
+    entries = filesystem.get_file_info(fs.FileSelector(folder, allow_not_found=True))
+    names = sorted(e.base_name for e in entries
+                   if e.base_name.startswith("checkpoint_") and e.type == fs.FileType.Directory)
+    if not names:
+        return 0
+    try:
+        with filesystem.open_input_stream(f"{folder}/{names[-1]}/{worker_mod.STATE_FILE}") as fh:
+            return int(json.loads(fh.read().decode()).get("epoch", 0))
+    except (OSError, ValueError):  # an incomplete checkpoint: Ray Train reports it; the shuffle seed is not worth failing
+        return 0
+
+
+def global_shuffle_seed(cfg: Config, storage: str) -> int | None:
+    """The seed of train.shuffle=global's per-epoch permutations (None under local). Ray Data numbers a dataset's
+    executions from 0 in every fit, so a resumed run seeds them from the epoch it resumes at instead of replaying
+    the first epochs' permutations; a fresh run uses train.seed itself."""
+    from s2gr_ray.training.data_pipeline import shuffle_seed
+
+    if cfg.train.shuffle != "global":
+        return None
+    start = resume_epoch(storage, cfg.train.run_name)
+    return cfg.train.seed if start == 0 else shuffle_seed(cfg.train.seed, start, 0)
+
+
 def scaling_config(cfg: Config):
     """The workers Ray Train asks for (what an autoscaler sees as demand): train.num_workers bundles of
     {"CPU": train.cpus_per_worker} plus {"GPU": train.gpus_per_worker} with train.use_gpu."""
@@ -175,10 +205,10 @@ def train_stage(cfg: Config, run: Path, log: Callable[[str], None] = print, call
     init_ray(cfg.ray, cfg.train.use_gpu, log)
     _check_resources(cfg)
 
+    storage = storage_root(cfg, run)
     max_rows = {"valid": cfg.eval.valid_users or cfg.eval.max_users, "test": cfg.eval.max_users}
     datasets = build_datasets(run, tok["sids"], cfg.data.max_history, max_rows=max_rows,
-                              shuffle_seed=cfg.train.seed if cfg.train.shuffle == "global" else None)
-    storage = storage_root(cfg, run)
+                              shuffle_seed=global_shuffle_seed(cfg, storage))
     report = artifacts.read_json(artifacts.tokenizer_dir(run) / "report.json") \
         if (artifacts.tokenizer_dir(run) / "report.json").exists() else {}
     check_resume(storage, cfg.train.run_name, run_settings(cfg, tok_manifest["hash"], data_manifest["hash"]), log)

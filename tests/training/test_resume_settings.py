@@ -121,3 +121,27 @@ def test_a_resume_with_more_patience_lifts_an_early_stop():
         assert lift_early_stop(state, patience, 12) == "" and state["stopped_early"] is True
     running = {"epoch": 2, "bad_epochs": 0, "stopped_early": False}
     assert lift_early_stop(running, 1, 12) == "" and running["stopped_early"] is False
+
+
+def test_a_resumed_global_shuffle_seeds_its_permutations_from_the_resume_epoch(tmp_path):
+    """train.shuffle=global: Ray Data numbers a dataset's executions from 0 in every fit, so without this a resumed
+    run would replay the permutations of epochs 1, 2, ... The seed comes from the newest checkpoint's epoch."""
+    from s2gr_ray.training.data_pipeline import shuffle_seed
+    from s2gr_ray.training.driver import global_shuffle_seed, resume_epoch
+    from s2gr_ray.training.worker import STATE_FILE
+
+    cfg = load_config(None, ["train.shuffle=global", "train.seed=7", "train.run_name=r"])
+    assert resume_epoch(str(tmp_path), "r") == 0 and global_shuffle_seed(cfg, str(tmp_path)) == 7  # fresh run
+    assert global_shuffle_seed(cfg.replace(**{"train.shuffle": "local"}), str(tmp_path)) is None
+    for stamp, epoch in [("2026-11-27_10-00-00.000000", 2), ("2026-11-27_10-05-00.000000", 3),
+                         ("2026-11-27_09-55-00.000000", 1)]:
+        folder = tmp_path / "r" / f"checkpoint_{stamp}"
+        folder.mkdir(parents=True)
+        (folder / STATE_FILE).write_text(json.dumps({"epoch": epoch}))
+    assert resume_epoch(str(tmp_path), "r") == 3  # the newest checkpoint, not the last listed or the best
+    seed = global_shuffle_seed(cfg, str(tmp_path))
+    assert seed == shuffle_seed(7, 3, 0) and seed != 7
+    assert global_shuffle_seed(cfg.replace(**{"train.seed": 8}), str(tmp_path)) != seed
+    assert resume_epoch(f"file://{tmp_path}", "r") == 3  # storage URIs, through pyarrow
+    (tmp_path / "r" / "checkpoint_2026-11-27_11-00-00.000000").mkdir()  # newest, but written only in part
+    assert resume_epoch(str(tmp_path), "r") == 0
