@@ -33,6 +33,7 @@ from s2gr_ray.serving.labels import ClusterLabel, cluster_labels
 DEFAULT_BEAM = 20  # EvalConfig.beam_size's default; the beam is never narrower than k
 ID_TYPES = ("auto", "item_id", "raw_id")
 AMBIGUOUS = "ambiguous"  # Recommendation.id_type of a history that id_type="auto" could not read either way
+UNREAD = "none"  # Recommendation.id_type of a history none of whose ids either reading knows (id_type="auto")
 _SPLIT = re.compile(r"[\s,]+")
 _QUOTES = "'\""
 
@@ -240,7 +241,8 @@ class Recommender:
 
         id_type "auto" reads the history the way under which more of its ids are known. When both readings know
         as many ids but map them to different items (numeric raw ids, e.g. MovieLens movie ids), nothing is
-        guessed: the result is ([], [], "ambiguous") and ``recommend`` says to pass an explicit id_type."""
+        guessed: the result is ([], [], "ambiguous") and ``recommend`` says to pass an explicit id_type. When neither
+        reading knows any id, id_type used is "none" (every id is returned as unknown)."""
         if id_type not in ID_TYPES:
             raise ServingError(f"id_type = {id_type!r} must be one of {', '.join(ID_TYPES)}")
         tokens = history_tokens(history)
@@ -250,6 +252,8 @@ class Recommender:
             known_raw, known_item = sum(i is not None for i in as_raw), sum(i is not None for i in as_item)
             if known_raw == known_item and known_raw and as_raw != as_item:
                 return [], [], AMBIGUOUS
+            if not known_raw and not known_item:
+                return [], [str(t) for t in tokens], UNREAD
             id_type = "raw_id" if known_raw >= known_item else "item_id"
         ids = as_raw if id_type == "raw_id" else as_item
         return [i for i in ids if i is not None], [str(t) for t, i in zip(tokens, ids) if i is None], id_type
@@ -257,7 +261,9 @@ class Recommender:
     # ----------------------------------------------------------------------------------------- inference
     def recommend(self, histories: Sequence[Any], k: int = 10, id_type: str = "auto", beam_size: int | None = None,
                   batch_size: int = 256) -> list[Recommendation]:
-        """Top-k items for each history (a list of ids, or one space-separated string of ids)."""
+        """Top-k items for each history (a list of ids, or one space-separated string of ids). Each element is one
+        user: recommend(["B01", "B02"]) is two users of one item each; one user's history is recommend([["B01",
+        "B02"]]) or recommend_one(["B01", "B02"])."""
         if isinstance(histories, (str, bytes)) or (len(histories) and all(
                 isinstance(h, (int, np.integer)) for h in histories)):
             raise ServingError("recommend() takes a list of histories (each a list of ids or an 'id id id' "

@@ -22,6 +22,10 @@ def log(msg: str) -> None:
     print(f"[s2gr {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
+def log_to_stderr(msg: str) -> None:  # under --json, where stdout holds only the JSON
+    print(f"[s2gr {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
 def add_parsers(sub) -> None:
     """Add the serving subcommands to the `s2gr` subparsers."""
     p = sub.add_parser("recommend", help="top-K items + reasoning path for one or more histories",
@@ -88,7 +92,7 @@ def _check_positive(args: argparse.Namespace, *names: str) -> None:
                              + ("; leave it out for the default" if name == "beam_size" else ""))
 
 
-def print_recommendation(res, k: int) -> None:
+def print_recommendation(res) -> None:
     print(f"history: {len(res.history)} known item(s) as {res.id_type}"
           + (f", {res.truncated} oldest dropped (max_history)" if res.truncated else "")
           + (f"; unknown: {' '.join(res.unknown)}" if res.unknown else ""))
@@ -123,7 +127,7 @@ def run_command(args: argparse.Namespace) -> int:
                 print(json.dumps([r.to_dict() for r in results], indent=2))
             else:
                 for r in results:
-                    print_recommendation(r, args.k)
+                    print_recommendation(r)
             if any(not r.items for r in results):
                 reasons = sorted({r.reason for r in results if not r.items})
                 print(f"s2gr recommend: error: {sum(not r.items for r in results)} history(ies) gave no "
@@ -146,7 +150,7 @@ def run_command(args: argparse.Namespace) -> int:
                                min_history_view=args.min_history_view, batch_size=args.batch_size,
                                max_users=args.max_users, concurrency=args.concurrency,
                                cpus_per_actor=args.cpus_per_actor, gpus_per_actor=args.gpus_per_actor,
-                               ray_address=args.ray_address, log=log)
+                               ray_address=args.ray_address, log=log_to_stderr if args.json else log)
             print(json.dumps(out, indent=2) if args.json else "\n" + metric_table(out) + "\n")
         elif args.command == "report":
             from s2gr_ray.serving.report import build_report

@@ -116,14 +116,17 @@ def run_user_limit(run: str | Path, split: str) -> int:
 
 def resolve_eval_settings(run: str | Path, beam_size: int | None, ks: Sequence[int] | None,
                           min_history_view: int | None) -> tuple[dict[str, Any], str]:
-    """Explicit values win; each one left None comes from the run's own eval settings (`run_eval_settings`).
-    Returns the settings (ks validated as --ks) and a note of where the defaults came from ("" when none did)."""
+    """Explicit values win; each one left None comes from the run's own eval settings (`run_eval_settings`), and a
+    beam size left None is raised to the largest cut-off (so --ks 50 alone searches beam 50). Returns the settings
+    (ks validated as --ks) and a note of where the defaults came from ("" when none did)."""
     given = {"beam_size": beam_size, "ks": ks, "min_history_view": min_history_view}
     source = ""
     if any(v is None for v in given.values()):
         saved, source = run_eval_settings(run)
         given = {k: saved[k] if v is None else v for k, v in given.items()}
     given["ks"] = parse_ks(",".join(str(k) for k in given["ks"]))
+    if beam_size is None:
+        given["beam_size"] = max(int(given["beam_size"]), max(given["ks"]))
     return given, source
 
 
@@ -176,13 +179,16 @@ def evaluate_run(run: str | Path, split: str = "test", beam_size: int | None = N
     res = actor_resources(gpus_per_actor, cpus_per_actor)
     ds = build_datasets(run, rec.tokenizer.sids, rec.max_history, splits=(split,),
                         max_rows={split: max_users} if max_users else None)[split]
-    ray.data.DataContext.get_current().enable_progress_bars = True  # build_datasets turns them off
     ds = ds.repartition(target_num_rows_per_block=batch_size).map_batches(EvalActor, fn_constructor_kwargs={
         "run": str(run), "beam_size": beam_size, "ks": list(ks), "min_history_view": min_history_view,
         "torch_threads": max(1, int(cpus_per_actor)), "piece_size": batch_size, "device": actor_device(res)},
         # each call takes EVAL_GROUP batches' users and searches them in length-sorted batches of batch_size
         compute=ray.data.ActorPoolStrategy(size=concurrency), batch_size=batch_size * EVAL_GROUP, batch_format="numpy",
         zero_copy_batch=False, **res)  # writable arrays for torch.as_tensor
+    # a dataset runs under the DataContext copied when it was made: set this one's, not the process-wide one
+    ds.context.enable_progress_bars = True  # build_datasets turns them off
+    if max_users:  # the first N users in shard order (as training's eval.max_users), not the first blocks to finish
+        ds.context.execution_options.preserve_order = True
     limit = run_user_limit(run, split)
     if limit and max_users != limit:
         key = "eval.valid_users" if split == "valid" else "eval.max_users"

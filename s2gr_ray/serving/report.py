@@ -146,7 +146,7 @@ def section_examples(rec, run: Path, num_users: int, k: int) -> str:
     for row, r in zip(table, recs):
         hist = row["history"][-8:]
         hist_html = "<br>".join(_e(t) for t in rec.item_titles(hist))
-        more = f' <span class="muted">(last 8 of {len(row["history"])})</span>' if len(row["history"]) > 8 else ""
+        more = f' <span class="muted">(last 8 of {row["history_len"]})</span>' if row["history_len"] > 8 else ""
         items = [[f'<span class="{"hit" if i.item_id == row["target"] else ""}">{i.rank}</span>', _e(i.raw_id),
                   _e(i.title), f"{i.score:.3f}"] for i in r.items]
         path = [[s.level, s.step, s.cluster, f"{s.similarity:.3f}", _e(s.label)] for s in r.reasoning]

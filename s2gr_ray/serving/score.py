@@ -1,12 +1,13 @@
 """Batch scoring on Ray Data: users file -> top-K parquet shards (`s2gr score`, GitHub #10).
 
-Input: parquet or CSV with columns ``user_id`` and ``history`` (a list of ids, or a string of ids: "12 7 301",
+Input: parquet or CSV with columns ``user_id`` (a CSV's user ids are read as text, exactly as written) and ``history`` (a list of ids, or a string of ids: "12 7 301",
 "12,7,301" or "[12, 7, 301]" as pandas to_csv writes a list column; see api.history_tokens).
 Ray Data streams the file through ``map_batches`` over an actor pool; each actor holds one loaded
 `Recommender` (model + trie + catalog, loaded once per actor) and runs the same `Recommender.recommend` as the
 Python API, so the two give identical results. Output: parquet shards with user_id, items list<int32>,
 raw_ids list<string>, scores list<float32>, unknown list<string> (history ids not in the catalog), id_type (how
-the history was read: item_id, raw_id, or ambiguous under --id-type auto) and reason (why a user got no items,
+the history was read: item_id, raw_id, or under --id-type auto ambiguous, or none when neither reading knows an
+id) and reason (why a user got no items,
 else null). Memory stays bounded: Ray Data streams blocks with backpressure and the actors write shards as they
 go. On a cluster (RAY_ADDRESS / --ray-address) RUN, --users and --out must be on storage every node sees; the code
 path is the same (s2gr_ray.training.ray_env.init_ray).
@@ -102,7 +103,7 @@ def read_users(path: str | Path):
         p.suffix == ".csv" for p in Path(text).iterdir()))
     if is_csv:
         ds = ray.data.read_csv(text, convert_options=pacsv.ConvertOptions(
-            column_types={"history": pa.string()}),
+            column_types={"user_id": pa.string(), "history": pa.string()}),  # ids as written: 007 stays 007
             parse_options=pacsv.ParseOptions(delimiter="\t") if text.endswith(".tsv") else None)
     else:
         ds = ray.data.read_parquet(text)

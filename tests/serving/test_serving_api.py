@@ -96,6 +96,7 @@ def test_unknown_ids_are_reported_not_dropped_silently(recommender, test_rows):
     assert [i.item_id for i in noisy.items] == [i.item_id for i in clean.items]
     none_known, empty = recommender.recommend([["NOPE"], []], k=5)
     assert none_known.items == [] and none_known.unknown == ["NOPE"] and "no known items" in none_known.reason
+    assert none_known.id_type == "none"  # neither reading knows an id: not labelled raw_id or item_id
     assert empty.items == [] and "empty history" in empty.reason
     with pytest.raises(ServingError, match="list of histories"):
         recommender.recommend([1, 2, 3])

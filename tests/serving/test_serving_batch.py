@@ -57,14 +57,16 @@ def test_score_parquet_matches_the_api(trained_run, recommender, test_rows, ray_
 def test_cli_score_csv_string_histories(trained_run, recommender, test_rows, ray_local, tmp_path, capsys):
     rows = test_rows[:12]
     path = tmp_path / "users.csv"
-    pacsv.write_csv(pa.table({"user_id": [r["user_id"] for r in rows],
+    uids = [f"{r['user_id']:07d}" for r in rows]  # user ids with leading zeros come back exactly as written
+    pacsv.write_csv(pa.table({"user_id": uids,
                               "history": [" ".join(str(i) for i in r["history"]) for r in rows]}), path)
     out = tmp_path / "scores_csv"
     assert main(["score", str(trained_run), "--users", str(path), "--out", str(out), "--k", "5",
                  "--batch-size", "5", "--concurrency", "1", "--cpus-per-actor", "0.5", "--id-type", "item_id"]) == 0
     got = _read_out(out)
     api = recommender.recommend([r["history"] for r in rows], k=5, id_type="item_id")
-    assert [got[r["user_id"]]["items"] for r in rows] == [[i.item_id for i in a.items] for a in api]
+    assert sorted(got) == sorted(uids)
+    assert [got[u]["items"] for u in uids] == [[i.item_id for i in a.items] for a in api]
     bad = tmp_path / "bad.csv"
     bad.write_text("uid,items\n1,2 3\n")
     assert main(["score", str(trained_run), "--users", str(bad), "--out", str(tmp_path / "x")]) == 2
@@ -111,9 +113,10 @@ def test_cli_evaluate_reproduces_training_test_metrics(trained_run, ray_local, c
     # a partial evaluation gets its own file and leaves the full one alone
     full = (trained_run / "eval_test.json").read_text()
     assert main(["evaluate", str(trained_run), "--split", "test", "--max-users", "30", "--batch-size", "32",
-                 "--concurrency", "1", "--cpus-per-actor", "0.5"]) == 0
-    capsys.readouterr()
+                 "--concurrency", "1", "--cpus-per-actor", "0.5", "--json"]) == 0
+    printed = capsys.readouterr()
     part = json.loads((trained_run / "eval_test_first30.json").read_text())
+    assert json.loads(printed.out) == part and "evaluate:" in printed.err  # --json: stdout is the JSON alone
     assert part["all"]["count"] == 30 and part["max_users"] == 30
     assert (trained_run / "eval_test.json").read_text() == full
     with pytest.raises(SystemExit) as exc:  # argparse refuses a split that is not valid/test: usage error, code 2

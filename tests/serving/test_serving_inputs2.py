@@ -53,6 +53,9 @@ def test_explicit_values_win_over_the_run(tmp_path):
     run = _run_with_config(tmp_path)
     assert resolve_eval_settings(run, 12, None, None)[0] == {"beam_size": 12, "ks": [3, 7], "min_history_view": 4}
     assert resolve_eval_settings(run, None, [1, 5], 0)[0] == {"beam_size": 7, "ks": [1, 5], "min_history_view": 0}
+    # a beam size left unset is raised to the largest cut-off (the run's beam 7 < 50); a given one is kept
+    assert resolve_eval_settings(run, None, [5, 50], None)[0]["beam_size"] == 50
+    assert resolve_eval_settings(run, 12, [5, 50], None)[0]["beam_size"] == 12
     settings, source = resolve_eval_settings(run, 9, (5, 9), 2)
     assert settings == {"beam_size": 9, "ks": [5, 9], "min_history_view": 2} and source == ""
     (run / "config.yaml").write_text("eval: [broken\n")  # not read when every value is given

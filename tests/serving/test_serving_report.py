@@ -38,6 +38,13 @@ def test_report_is_self_contained_with_plots_and_sections(report):
     assert "http://" not in page and "https://" not in page and "src=\"file" not in page  # nothing external
     assert "<th>recall@10</th>" in page and "<td>test</td>" in page  # final metric table
     assert page.count('<div class="user"') == 3 and "reasoning path" in page
+    # a long history is shown as its last 8 items "of" the user's full history length, not the shard's cut
+    import pyarrow.parquet as pq
+
+    from s2gr_ray.training.data_pipeline import shard_files
+
+    lengths = pq.read_table(shard_files(report[0].parent, "test")[0]).slice(0, 3).column("history_len").to_pylist()
+    assert re.findall(r"\(last 8 of (\d+)\)", page) == [str(n) for n in lengths if n > 8]
     assert page.count("<tr>") > 10  # metric, codebook, cluster and recommendation tables
 
 
