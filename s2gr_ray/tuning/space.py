@@ -4,7 +4,7 @@ A space file (search_spaces/*.yaml) looks like::
 
     base: ../configs/beauty.yaml          # preset; relative to this file, else to the repository root
     overrides: {train.max_epochs: 8}      # dotted keys applied to the preset for every trial
-    metric: valid/ndcg@10                 # (valid|valid_hist10)/(recall|ndcg)@K with K in eval.ks, or train/loss
+    metric: valid/ndcg@10                 # (valid|valid_hist10)/(recall|ndcg)@K with K in eval.ks, or train/loss (*)
     mode: max                             # default: max (min for train/loss)
     num_samples: 12                       # trials (`s2gr tune --trials N` overrides)
     scheduler: {type: asha, grace_period: 2, reduction_factor: 2}   # or: asha | fifo
@@ -24,7 +24,9 @@ A space file (search_spaces/*.yaml) looks like::
 GridSampler (num_samples defaults to the grid size); mixed with other distributions a grid is sampled as a choice.
 Choice values that Optuna cannot store (lists such as codebook sizes) travel as JSON strings ("[64, 64, 64]")
 and are decoded in the trial. Keys of the shared stages (data.*, embed.*, ray.*, name, train.storage_path,
-train.run_name) cannot be searched: every trial reuses one prepared dataset and one set of embeddings.
+train.run_name) cannot be searched: every trial reuses one prepared dataset and one set of embeddings; nor can
+the resources a trial reserves (RESOURCE_KEYS). (*) A valid/<m> metric becomes every trial's train.monitor;
+train/loss is refused when model.* or tokenizer.* keys (which change the objective) are searched.
 """
 from __future__ import annotations
 
@@ -46,6 +48,8 @@ TOP_KEYS = ("base", "overrides", "metric", "mode", "num_samples", "scheduler", "
             "tokenizer_cpus", "params", "points_to_evaluate", "description")
 FORBIDDEN = ("data.", "embed.", "ray.")
 FORBIDDEN_KEYS = ("name", "train.storage_path", "train.run_name")
+# what a trial reserves: the sweep sizes its concurrency (and Ray's start-up) from the base config's values
+RESOURCE_KEYS = ("train.num_workers", "train.cpus_per_worker", "train.gpus_per_worker", "train.use_gpu")
 JOINT_SAMPLES = 20  # random joint draws checked before the sweep (combinations that break cross-field rules)
 
 
@@ -167,6 +171,10 @@ def _parse_param(where: str, key: str, dist: Any, keys: list[str]) -> Param:
                           "every trial shares (one prepared dataset, one set of embeddings), and name / "
                           "train.storage_path / train.run_name name where runs go; set them in `overrides` (on "
                           "a shared storage path each trial's run name gains its trial id)")
+    if key in RESOURCE_KEYS:
+        raise ConfigError(f"{where}: {key} cannot be searched: the sweep sizes how many trials run at once (and "
+                          "starts Ray) from the base config's resources, so trials asking for more would "
+                          "oversubscribe the cluster; set it in `overrides`")
     if not isinstance(dist, Mapping) or len(dist) != 1:
         raise ConfigError(f"{where}: params.{key} must be one mapping like {{choice: [...]}} with one of "
                           f"{', '.join(KINDS)}; got {dist!r}")
@@ -275,6 +283,10 @@ def load_space(path: str | Path, overrides: list[str] | Mapping[str, Any] = (),
     except ConfigError as exc:
         raise ConfigError(f"{where}: base {base_path} with the overrides: {exc}") from None
 
+    storage = base.train.storage_path
+    if storage and "://" not in storage and not Path(storage).is_absolute():  # trials run in Ray's own folders
+        base = base.replace(**{"train.storage_path": str(Path(storage).resolve())})
+
     keys = valid_keys()
     raw_params = data.get("params") or {}
     if not isinstance(raw_params, Mapping) or not raw_params:
@@ -290,6 +302,25 @@ def load_space(path: str | Path, overrides: list[str] | Mapping[str, Any] = (),
                               f"({METRIC_NAMING[p.key]}); set it in overrides, not in params")
     metric = str(data.get("metric", "valid/ndcg@10"))
     natural = _check_metric(where, metric, base)
+    objective = [p.key for p in params if p.key.startswith(("model.", "tokenizer."))]
+    if metric == "train/loss" and objective:
+        raise ConfigError(f"{where}: metric train/loss compares the training objective, which {objective[0]} "
+                          "changes (loss weights, thinking steps, vocabulary sizes): trials would be ranked by "
+                          "what they optimise, not how well they recommend; use a valid/... metric")
+    notes: list[str] = []
+    split, _, name = metric.partition("/")
+    if split == "valid" and name != base.train.monitor:
+        # early stopping, the kept checkpoints and the exported (tested) model follow train.monitor: make it the
+        # sweep's metric, unless the space set it to something else on purpose
+        if "train.monitor" in values:
+            raise ConfigError(f"{where}: metric {metric} but train.monitor = {base.train.monitor!r} (set in the "
+                              f"overrides): trials would stop early and keep their model by another metric than "
+                              f"the one the sweep ranks; set train.monitor: {name}, or drop it")
+        base = base.replace(**{"train.monitor": name})
+        notes.append(f"train.monitor set to {name} (the sweep's metric) for every trial")
+    elif split != "valid" and metric != "train/loss":
+        notes.append(f"trials stop early and keep their model by valid/{base.train.monitor} (train.monitor, all "
+                     f"users), while the sweep ranks them by {metric}")
     mode = str(data.get("mode", natural))
     if mode not in ("max", "min"):
         raise ConfigError(f"{where}: mode {mode!r} must be max or min")
@@ -298,7 +329,10 @@ def load_space(path: str | Path, overrides: list[str] | Mapping[str, Any] = (),
                           f"{'higher' if natural == 'max' else 'lower'}): use mode: {natural}, or leave mode out")
 
     sched = data.get("scheduler", "asha")
-    sched = {"type": sched} if isinstance(sched, str) else dict(sched or {})
+    if not isinstance(sched, (str, Mapping)):
+        raise ConfigError(f"{where}: scheduler must be asha, fifo or a mapping like {{type: asha, grace_period: 2, "
+                          f"reduction_factor: 2}}; got {sched!r}")
+    sched = {"type": sched} if isinstance(sched, str) else dict(sched)
     for k in sched:
         if k not in ("type", "grace_period", "reduction_factor"):
             raise _nearest(str(k), ["type", "grace_period", "reduction_factor"], f"{where}: scheduler key")
@@ -319,21 +353,28 @@ def load_space(path: str | Path, overrides: list[str] | Mapping[str, Any] = (),
     for p in params:
         grid_size *= len(p.values) if p.kind == "grid" else 1
     num_samples = trials if trials is not None else data.get("num_samples", grid_size if all_grid else 8)
-    if not isinstance(num_samples, int) or num_samples < 1:
+    if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1:
         raise ConfigError(f"{where}: num_samples (or --trials) must be a positive integer; got {num_samples!r}")
     concurrent = data.get("max_concurrent_trials", 0) if max_concurrent is None else max_concurrent
     cpus = data.get("tokenizer_cpus", 1)
-    if not isinstance(concurrent, int) or concurrent < 0:
+    if not isinstance(concurrent, int) or isinstance(concurrent, bool) or concurrent < 0:
         raise ConfigError(f"{where}: max_concurrent_trials (or --max-concurrent) must be an integer >= 0 (0 = from "
                           f"the cluster's resources); got {concurrent!r}")
-    if not isinstance(cpus, (int, float)) or cpus < 0:
+    if not isinstance(cpus, (int, float)) or isinstance(cpus, bool) or cpus < 0:
         raise ConfigError(f"{where}: tokenizer_cpus must be >= 0 (0 = fit inside the trial process)")
 
     seed = data.get("seed", 0)
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise ConfigError(f"{where}: seed must be an integer; got {seed!r}")
     points = []
-    for i, point in enumerate(data.get("points_to_evaluate") or []):
+    raw_points = data.get("points_to_evaluate") or []
+    if not isinstance(raw_points, list):
+        raise ConfigError(f"{where}: points_to_evaluate must be a list of parameter sets; got {raw_points!r}")
+    if raw_points and all_grid:
+        raise ConfigError(f"{where}: points_to_evaluate with a grid over every parameter: the grid already runs "
+                          "every point, and Optuna's GridSampler would skip a grid point for each point given "
+                          "and run another twice; drop points_to_evaluate")
+    for i, point in enumerate(raw_points):
         if not isinstance(point, Mapping) or set(point) != {p.key for p in params}:
             raise ConfigError(f"{where}: points_to_evaluate[{i}] must set exactly the params keys "
                               f"{sorted(p.key for p in params)}")
@@ -347,7 +388,7 @@ def load_space(path: str | Path, overrides: list[str] | Mapping[str, Any] = (),
         except ConfigError as exc:
             raise ConfigError(f"{where}: points_to_evaluate[{i}] gives an invalid config: {exc}") from None
         points.append(enc)
-    notes = _preflight(where, base, params, seed)
+    notes += _preflight(where, base, params, seed)
     if not all_grid and any(p.kind == "grid" for p in params):
         notes.append("grid parameters are sampled as choices (Optuna has no grid search mixed with other "
                      "distributions); make every parameter a grid for an exhaustive GridSampler sweep")

@@ -89,9 +89,16 @@ def _searcher(spec: SweepSpec, out: Path):
     if spec.all_grid:
         sampler = optuna.samplers.GridSampler({p.key: list(p.values) for p in spec.params}, seed=spec.seed)
     storage = optuna.storages.RDBStorage(f"sqlite:///{out / 'optuna.db'}")
+    study_name = f"s2gr-{spec.fingerprint()}"
+    # a fresh sweep (no restorable Tune state) must not inherit the study of an earlier attempt on OUT: its trials
+    # would steer the sampler, and under GridSampler count as grid points already run
+    try:
+        optuna.delete_study(study_name=study_name, storage=storage)
+    except KeyError:
+        pass
     return OptunaSearch(space=space, metric=spec.metric, mode=spec.mode, sampler=sampler,
                         seed=None if sampler else spec.seed, storage=storage,
-                        study_name=f"s2gr-{spec.fingerprint()}",
+                        study_name=study_name,
                         points_to_evaluate=[dict(p) for p in spec.points_to_evaluate] or None)
 
 
@@ -139,6 +146,7 @@ def check_resume(out: Path, spec: SweepSpec) -> bool:
         return True
     artifacts.write_json(record, {"fingerprint": spec.fingerprint(), "space": str(spec.path),
                                   "num_samples": spec.num_samples, "metric": spec.metric, "mode": spec.mode,
+                                  "max_concurrent_trials": spec.max_concurrent_trials,
                                   "params": [p.key for p in spec.params], "base": spec.base.to_dict()})
     return False
 
@@ -150,6 +158,10 @@ def build_tuner(spec: SweepSpec, out: Path, resume: bool, log: Callable[[str], N
     trainable = _trainable(spec, out)
     if resume:
         log(f"tune: resuming the sweep in {out / EXPERIMENT}")
+        first = artifacts.read_json(out / "sweep.json").get("max_concurrent_trials")
+        if first is not None and first != spec.max_concurrent_trials:
+            log(f"tune: note: a resumed sweep keeps the concurrency it started with (max_concurrent_trials / "
+                f"--max-concurrent {first}, 0 = from the cluster); {spec.max_concurrent_trials} is ignored")
         return tune.Tuner.restore(str(out / EXPERIMENT), trainable=trainable, resume_unfinished=True,
                                   resume_errored=False, restart_errored=False)
     scheduler = None

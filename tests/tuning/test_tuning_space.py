@@ -82,8 +82,36 @@ def test_top_level_metric_and_points_are_checked(tmp_path):
         load_space(write_space(tmp_path, points_to_evaluate=[{"model.n_think": 5}]))
     with pytest.raises(ConfigError, match="base preset"):
         load_space(write_space(tmp_path, base="nope.yaml"))
-    assert load_space(write_space(tmp_path, metric="train/loss")).mode == "min"
-    assert load_space(write_space(tmp_path, metric="valid_hist10/ndcg@10")).mode == "max"
+    lr = {"train.lr": {"loguniform": [1e-4, 1e-2]}}
+    assert load_space(write_space(tmp_path, metric="train/loss", params=lr)).mode == "min"
+    with pytest.raises(ConfigError, match="train/loss compares the training objective, which model.n_think"):
+        load_space(write_space(tmp_path, metric="train/loss"))  # n_think changes the loss terms themselves
+    hist = load_space(write_space(tmp_path, metric="valid_hist10/ndcg@10"))
+    assert hist.mode == "max" and any("keep their model by valid/ndcg@10" in n for n in hist.notes)
+
+
+def test_a_valid_metric_becomes_every_trials_monitor(tmp_path):
+    """Early stopping, the kept checkpoints and the tested model follow train.monitor: the sweep's metric."""
+    spec = load_space(write_space(tmp_path, metric="valid/recall@5"))
+    assert spec.base.train.monitor == "recall@5" and any("train.monitor set to recall@5" in n for n in spec.notes)
+    assert load_space(write_space(tmp_path)).base.train.monitor == "ndcg@10"  # the default metric: unchanged
+    with pytest.raises(ConfigError, match="train.monitor = 'ndcg@5' .*set train.monitor: recall@5"):
+        load_space(write_space(tmp_path, metric="valid/recall@5", overrides={"train.monitor": "ndcg@5"}))
+
+
+def test_a_relative_storage_path_is_made_absolute_where_the_sweep_starts(tmp_path, monkeypatch):
+    """Trials run in Ray Tune's own working folders: a relative path there would land in Ray's session folder."""
+    monkeypatch.chdir(tmp_path)
+    spec = load_space(write_space(tmp_path, overrides={"train.storage_path": "ckpt"}))
+    assert spec.base.train.storage_path == str(tmp_path / "ckpt")
+    remote = load_space(write_space(tmp_path, overrides={"train.storage_path": "s3://bucket/ckpt"}))
+    assert remote.base.train.storage_path == "s3://bucket/ckpt"
+
+
+def test_an_all_grid_space_refuses_points_to_evaluate(tmp_path):
+    with pytest.raises(ConfigError, match="grid already runs every point"):
+        load_space(write_space(tmp_path, params={"model.n_think": {"grid": [0, 1]}},
+                               points_to_evaluate=[{"model.n_think": 1}]))
 
 
 def test_paper_view_metric_follows_min_history_view(tmp_path):
@@ -168,6 +196,10 @@ def test_searcher_grid_and_forced_points_without_a_cluster(tmp_path):
     seen = {tuple(sorted(search.suggest(f"t{i}").items())) for i in range(6)}
     assert len(seen) == 6 and {dict(s)["tokenizer.codebook_sizes"] for s in seen} == {"[8, 8]", "[16, 16]"}
     assert (tmp_path / "optuna.db").exists()
+    # a fresh start on the same OUT (no restorable Tune state) does not inherit the earlier attempt's study: the
+    # whole grid again, not duplicates of grid points it counts as run
+    again = _searcher(grid, tmp_path)
+    assert {tuple(sorted(again.suggest(f"u{i}").items())) for i in range(6)} == seen
 
     forced = load_space(write_space(tmp_path, params={"model.n_think": {"randint": [0, 2]},
                                                       "model.w_align": {"loguniform": [0.1, 3.0]}},
@@ -181,7 +213,14 @@ def test_searcher_grid_and_forced_points_without_a_cluster(tmp_path):
 
 @pytest.mark.parametrize("fields, match", [
     ({"metric": "valid/ndcg@10", "mode": "min"}, "mode min contradicts metric valid/ndcg@10 .*use mode: max"),
-    ({"metric": "train/loss", "mode": "max"}, "mode max contradicts metric train/loss .*use mode: min"),
+    ({"metric": "train/loss", "mode": "max", "params": {"train.lr": {"uniform": [1e-3, 1e-2]}}},
+     "mode max contradicts metric train/loss .*use mode: min"),
+    ({"scheduler": 2}, "scheduler must be asha, fifo or a mapping"),
+    ({"points_to_evaluate": 5}, "points_to_evaluate must be a list"),
+    ({"num_samples": True}, "num_samples .* must be a positive integer"),
+    ({"max_concurrent_trials": True}, "max_concurrent_trials .* must be an integer"),
+    ({"params": {"train.num_workers": {"choice": [1, 2]}}}, "train.num_workers cannot be searched"),
+    ({"params": {"train.use_gpu": {"choice": [False, True]}}}, "train.use_gpu cannot be searched"),
     ({"overrides": ["train.max_epochs=8"]}, r"overrides must be a mapping .*\{train.max_epochs: 8\}"),
     ({"overrides": 5}, "overrides must be a mapping"),
     ({"scheduler": {"type": "asha", "grace_period": "two"}}, "scheduler.grace_period must be an integer"),
