@@ -14,7 +14,8 @@ from pathlib import Path
 COMMANDS = ("recommend", "score", "evaluate", "report")
 ID_HELP = ("how history ids are read: item_id (dense ids 1..N of RUN), raw_id (the dataset's own ids) or auto (per "
            "history, the reading that knows more ids; a history that both readings know equally well but as "
-           "different items gets no items and the reason 'ambiguous ids')")
+           "different items gets no items and the reason 'ambiguous ids'; one of whose ids neither reading knows is "
+           "reported as read as 'none')")
 BEAM_HELP = "beam width; never below --k (default max(k, 20))"
 
 
