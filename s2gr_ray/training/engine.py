@@ -134,7 +134,10 @@ class DeepSpeedEngine:
 
         params = list(self.module.parameters())
         master = _master_weights(self.engine.optimizer, params) if self.precision == "bf16" else {}
-        ctx = deepspeed.zero.GatheredParameters(params) if self.zero_stage == 3 else _null()
+        # ZeRO-3 gathers only what has no master (none, under bf16: the masters are gathered already); the same
+        # list on every rank, as the collective needs; an empty list makes the context a no-op
+        rest = [p for p in params if id(p) not in master]
+        ctx = deepspeed.zero.GatheredParameters(rest) if self.zero_stage == 3 else _null()
         with ctx:
             return {k: master[id(v)] if id(v) in master else
                     v.detach().float().cpu().clone() if v.is_floating_point() else v.detach().cpu().clone()
