@@ -67,10 +67,25 @@ def write_json(path: Path, obj: Any) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        json.dump(obj, fh, indent=2, sort_keys=False, default=_json_default)
-        fh.write("\n")
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(obj, fh, indent=2, sort_keys=False, default=_json_default)
+            fh.write("\n")
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp's 0600 would hide it from other users of shared storage
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _read_umask() -> int:  # (os.umask can only be read by setting it: once, at import, not beside other threads)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
 
 
 def _json_default(obj: Any) -> Any:
@@ -128,6 +143,8 @@ def read_manifest(folder: Path, kind: str) -> dict[str, Any]:
         raise ArtifactError(f"no {kind} artifact in {folder} ({MANIFEST} missing); run the stage that builds it "
                             f"first (s2gr {_STAGE_OF.get(kind, kind)} CONFIG --out {out})")
     manifest = read_json(path)
+    if not isinstance(manifest, dict):
+        raise ArtifactError(f"{path} is not a manifest (a JSON object); rebuild it with the stage that writes it")
     if manifest.get("kind") != kind:
         raise ArtifactError(f"{path} describes a {manifest.get('kind')!r} artifact, expected {kind!r}")
     return manifest
@@ -167,6 +184,7 @@ def atomic_dir(target: Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
     try:
         yield tmp
+        os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp's 0700 would hide it from other users of shared storage
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from s2gr_ray import artifacts
@@ -114,22 +115,38 @@ def load_precomputed(path: Path, raw_ids: list[str]) -> np.ndarray:
     path = Path(path)
     if not path.exists():
         raise EmbeddingError(f"embed.path {path} does not exist")
-    if path.suffix == ".npy":
-        arr = np.load(path, allow_pickle=False)
-    elif path.suffix == ".parquet":
-        table = pq.read_table(path)
+    if path.suffix not in (".npy", ".parquet"):
+        raise EmbeddingError(f"embed.path {path}: unsupported file type (use .npy or .parquet)")
+    try:
+        if path.suffix == ".npy":
+            arr = np.load(path, allow_pickle=False)
+        else:
+            table = pq.read_table(path)
+    except (OSError, ValueError, pa.ArrowException) as exc:  # damaged file, object array, not parquet
+        raise EmbeddingError(f"embed.path {path}: cannot read it ({exc}); write a float .npy [num_items, dim] or a "
+                             "parquet with an id column and an 'embedding' list<float> column") from None
+    if path.suffix == ".parquet":
         id_col = next((c for c in ("raw_id", "item_id", "asin") if c in table.column_names), None)
         if id_col is None or "embedding" not in table.column_names:
             raise EmbeddingError(f"{path}: needs an id column (raw_id, item_id or asin) and an 'embedding' column; "
                                  f"found {table.column_names}")
         ids = [str(v) for v in table.column(id_col).to_pylist()]
         vecs = dict(zip(ids, table.column("embedding").to_pylist()))
+        if len(vecs) != len(ids):
+            seen: set[str] = set()
+            dup = next(i for i in ids if i in seen or seen.add(i))
+            raise EmbeddingError(f"{path}: {id_col} {dup!r} has two rows; one embedding per item")
         missing = [r for r in raw_ids if r not in vecs]
         if missing:
             raise EmbeddingError(f"{path}: no embedding for {len(missing)} catalog item(s), e.g. {missing[:3]}")
+        dims = {r: (len(vecs[r]) if vecs[r] is not None else None) for r in raw_ids}
+        want = dims[raw_ids[0]] if raw_ids else None
+        bad = next((r for r in raw_ids if dims[r] is None or dims[r] != want or not dims[r]), None)
+        if bad is not None:
+            raise EmbeddingError(f"{path}: the embedding of {id_col} {bad!r} is "
+                                 f"{'null' if dims[bad] is None else f'{dims[bad]} numbers long'}; every catalog "
+                                 f"item needs one of the same length ({want})")
         arr = np.asarray([vecs[r] for r in raw_ids], dtype=np.float32)
-    else:
-        raise EmbeddingError(f"embed.path {path}: unsupported file type (use .npy or .parquet)")
     if arr.ndim != 2 or arr.shape[0] != len(raw_ids):
         raise EmbeddingError(f"{path}: shape {arr.shape} does not match the catalog of {len(raw_ids)} items "
                              "(expected [num_items, dim], row i = item i+1)")

@@ -40,6 +40,7 @@ class RawDataset:
     sequences_are_final: bool = False
     item_vectors: dict[str, np.ndarray] | None = None  # planted content vectors (synthetic catalog only)
     notes: list[str] = field(default_factory=list)  # one-line remarks prepare logs (e.g. "file order is used")
+    files: list[Path] = field(default_factory=list)  # the files (or folders of parts) read: prepare fingerprints them
 
 
 def iter_lines(path: Path):
@@ -130,7 +131,7 @@ def read_sequences(cfg: DataConfig) -> RawDataset:
     if not users:
         raise DataError(f"{seq_path}: no sequences found")
     return RawDataset(users, items, np.asarray(orders, dtype=np.int64), item_text,
-                      source=f"{seq_path} + {items_path}", sequences_are_final=True)
+                      source=f"{seq_path} + {items_path}", sequences_are_final=True, files=[seq_path, items_path])
 
 
 def _reader(fmt: str) -> Callable[[DataConfig], RawDataset]:

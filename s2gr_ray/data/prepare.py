@@ -200,6 +200,14 @@ def prepare_stage(cfg: Config, run: Path, log: Callable[[str], None] = print) ->
     texts = [raw.item_text[k] for k in item_raw_ids]
     embed_texts = check_item_texts(texts, cfg, raw.source, log)
     examples = split_examples(sequences, cfg.data.max_history)
+    if not examples["train"][0]:
+        raise DataError(f"{raw.source}: no training examples: every one of the {len(sequences):,} kept users has "
+                        f"exactly 3 items (the last is the test target, the one before it the validation target, "
+                        "and a training example needs a target after a first item); use sequences of 4 or more "
+                        "items per user")
+    for key, count in sorted(raw.skipped.items()):
+        if count:
+            log(f"prepare: skipped {count:,} record(s): {key.replace('_', ' ')}")
     run.mkdir(parents=True, exist_ok=True)
     with artifacts.atomic_dir(run / ".prepare") as tmp:
         cats = [t.get(cfg.data.category_field, "") if cfg.data.category_field else "" for t in texts]
@@ -242,7 +250,7 @@ def prepare_stage(cfg: Config, run: Path, log: Callable[[str], None] = print) ->
         max_history=cfg.data.max_history, schema={f.name: str(f.type) for f in SEQUENCE_SCHEMA},
         item_file_hash=artifacts.file_hash(run / "items.parquet"),
         interactions_hash=artifacts.file_hash(run / "interactions.parquet"),  # in the hash: sequences changed
-        inputs=input_fingerprint(cfg.data),
+        inputs=input_fingerprint(raw.files, cfg.data), input_paths=[str(Path(f).resolve()) for f in raw.files],
     )
     log(f"prepare: {manifest['num_users']:,} users, {manifest['num_items']:,} items, "
         f"{manifest['num_interactions']:,} interactions; examples train {counts['train']:,} / valid "
@@ -250,9 +258,32 @@ def prepare_stage(cfg: Config, run: Path, log: Callable[[str], None] = print) ->
     return manifest
 
 
-def input_fingerprint(d) -> dict[str, list[int]]:
-    """{file: [size, mtime_ns]} of the dataset files under data.path (the file itself when it is one; nothing for
-    the synthetic catalog): a prepared run is stale when its input files changed since (`stale_inputs`)."""
+def input_fingerprint(paths, d) -> dict[str, list[int]]:
+    """{file: [size, mtime_ns]} of the files a reader read (``RawDataset.files``; a folder of parts: every file in
+    it), keyed relative to data.path's folder (absolute outside it): a prepared run is stale when one of them
+    changed since (`stale_inputs`). Other files beside the dataset (a README, a run folder) do not count."""
+    root = _data_root(d)
+    out = {}
+    for path in map(Path, paths):
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path] if path.exists() else []
+        for f in files:
+            f = f.resolve()
+            st = f.stat()
+            out[str(f.relative_to(root)) if root is not None and f.is_relative_to(root) else str(f)] = \
+                [st.st_size, st.st_mtime_ns]
+    return out
+
+
+def _data_root(d) -> Path | None:
+    if not d.path or d.format == "synthetic":
+        return None
+    root = Path(d.path).resolve()
+    return root.parent if root.is_file() else root
+
+
+def _tree_fingerprint(d) -> dict[str, list[int]]:
+    """Every file under data.path (the file itself when it is one): the fingerprint of manifests written before
+    they recorded the files read (``input_paths``)."""
     if not d.path or d.format == "synthetic":
         return {}
     root = Path(d.path).resolve()
@@ -270,7 +301,8 @@ def stale_inputs(manifest: dict, d) -> str | None:
     saved = manifest.get("inputs")
     if saved is None:
         return None
-    now = input_fingerprint(d)
+    paths = manifest.get("input_paths")
+    now = _tree_fingerprint(d) if paths is None else input_fingerprint(paths, d)
     changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
     if not changed:
         return None

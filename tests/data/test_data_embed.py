@@ -60,6 +60,30 @@ def test_precomputed_mismatch_and_nan(run, tmp_path):
         embed_stage(load_config(None, SMALL + ["embed.path=/no/such.npy"]), run, log=lambda s: None)
 
 
+def test_malformed_embedding_files_name_the_file_and_the_item(run, tmp_path):
+    raw = pq.read_table(run / "items.parquet").column("raw_id").to_pylist()
+    vecs = np.random.default_rng(0).normal(size=(40, 4)).tolist()
+
+    def refused(name, table=None, data=None, match=""):
+        path = tmp_path / name
+        if table is not None:
+            pq.write_table(table, path)
+        else:
+            path.write_bytes(data)
+        with pytest.raises(EmbeddingError, match=match) as err:
+            embed_stage(load_config(None, SMALL + [f"embed.path={path}"]), run, log=lambda s: None)
+        assert str(path) in str(err.value)
+
+    refused("ragged.parquet", pa.table({"raw_id": raw, "embedding": vecs[:5] + [vecs[5][:3]] + vecs[6:]}),
+            match=f"the embedding of raw_id '{raw[5]}' is 3 numbers long; .* same length \\(4\\)")
+    refused("null.parquet", pa.table({"raw_id": raw, "embedding": vecs[:7] + [None] + vecs[8:]}),
+            match=f"the embedding of raw_id '{raw[7]}' is null")
+    refused("dup.parquet", pa.table({"raw_id": raw + [raw[2]], "embedding": vecs + [vecs[0]]}),
+            match=f"raw_id '{raw[2]}' has two rows")
+    refused("damaged.parquet", data=b"PAR1 not really", match="cannot read it")
+    refused("damaged.npy", data=b"\x93NUMPY garbage", match="cannot read it")
+
+
 def test_synthetic_planted_vectors(run):
     embed_stage(load_config(None, SMALL + ["embed.path=synthetic"]), run, log=lambda s: None)
     assert np.array_equal(load_embeddings(run)[0], np.load(run / "item_vectors.npy"))  # the planted vectors

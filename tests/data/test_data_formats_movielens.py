@@ -123,3 +123,13 @@ def test_errors(tmp_path, case, match):
         write_latest(tmp_path, ratings=b"userId,movieId,rating,timestamp\n1,1,4,1\n1,2,4,2\n1,3,x,3\n")
     with pytest.raises(DataError, match=match):
         read_dataset(DataConfig(format="movielens", path=str(tmp_path), movielens_layout=layout))
+
+
+def test_a_repeated_movie_id_is_refused_naming_the_line(tmp_path):
+    """A second line for movie 1 would silently give Toy Story's ratings another title."""
+    folder = tmp_path / "ml-1m"
+    write_1m(folder)
+    with open(folder / "movies.dat", "ab") as fh:
+        fh.write("1::Heat (1995)::Action\n".encode("latin-1"))
+    with pytest.raises(DataError, match=r"movies\.dat:3: movie id '1' appears a second time \(first as 'Toy Story"):
+        read_movielens(DataConfig(format="movielens", path=str(folder)))

@@ -143,3 +143,13 @@ def test_parquet_null_id_and_missing_column(tmp_path):
     pq.write_table(pa.table({"user": ["a"], "item_id": ["b2"]}), tmp_path / "j.parquet")
     with pytest.raises(DataError, match=r"no column 'user_id' \(columns present: user, item_id\)"):
         read_tables(_cfg(tmp_path, interactions_file="j.parquet"))
+
+
+def test_nan_float_ids_are_empty_ids_not_one_made_up_id(tmp_path):
+    """pandas writes integer ids with a gap as float64 with NaN: each NaN row is refused by row, not merged into a
+    user '-9223372036854775808'."""
+    _write(tmp_path, items="item_id,title\n1,A\n2,B\n")
+    pq.write_table(pa.table({"user_id": np.array([1.0, np.nan, 2.0]), "item_id": np.array([1.0, 2.0, 1.0])}),
+                   tmp_path / "f.parquet")
+    with pytest.raises(DataError, match=r"f\.parquet: row 2: empty 'user_id' \(NaN\)"):
+        read_tables(_cfg(tmp_path, interactions_file="f.parquet"))

@@ -41,8 +41,31 @@ def test_a_dataset_file_edited_after_prepare_makes_the_prepared_data_stale(tmp_p
     os.utime(seq, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # a later edit, whatever the clock's resolution
     reason = artifact_mismatch("prepare", cfg, run)
     assert reason and "changed since" in reason and "sequences.txt (modified)" in reason
-    (root / "extra.txt").write_text("x")
-    assert "extra.txt (added)" in artifact_mismatch("prepare", cfg, run)
+
+
+def test_only_the_files_read_count_towards_staleness(tmp_path):
+    """The fingerprint covers the files the reader read: not a README beside them or a run folder inside data.path,
+    but the items file also when data.path names the sequences file."""
+    root = _dataset(tmp_path / "ds", ["u1 i1 i2 i3 i4", "u2 i2 i3 i4 i1"])
+    cfg, run = _cfg(root), root / "runs" / "r"  # --out inside the dataset folder
+    manifest = prepare_stage(cfg, run, log=lambda m: None)
+    assert sorted(manifest["inputs"]) == ["items.jsonl", "sequences.txt"]
+    assert artifact_mismatch("prepare", cfg, run) is None  # its own files do not make it stale
+    (root / "notes.md").write_text("x")
+    assert artifact_mismatch("prepare", cfg, run) is None
+    file_cfg, file_run = _cfg(root / "sequences.txt"), tmp_path / "file_run"
+    prepare_stage(file_cfg, file_run, log=lambda m: None)
+    items = root / "items.jsonl"
+    items.write_text(items.read_text().replace("Item 1", "Item one"))
+    st = items.stat()
+    os.utime(items, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert "items.jsonl (modified)" in artifact_mismatch("prepare", file_cfg, file_run)
+    # a manifest written before input_paths was recorded keeps the old rule: every file under data.path
+    path = run / "manifest.json"
+    old = json.loads(path.read_text())
+    old.pop("input_paths")
+    path.write_text(json.dumps(old))
+    assert "notes.md (added)" in artifact_mismatch("prepare", cfg, run)
 
 
 def test_the_data_hash_follows_the_sequences_not_only_the_catalog(tmp_path):
@@ -105,3 +128,32 @@ def test_csv_errors_name_the_files_line_past_blank_lines(tmp_path):
                              "data.items_file=items.csv", "data.time_column="])
     with pytest.raises(DataError, match=r"row 3 \(line 7\): item 'zz' is not in"):
         prepare_stage(cfg, tmp_path / "run", log=lambda m: None)
+
+
+def test_users_of_exactly_three_items_give_no_training_examples_and_a_clear_error(tmp_path):
+    """Three items are a test target, a validation target and one history item: nothing to train on. Refused at
+    prepare, not later as 'no sequence shards' after embedding and tokenizing."""
+    root = _dataset(tmp_path / "ds", ["u1 i1 i2 i3", "u2 i2 i3 i4"])
+    with pytest.raises(DataError, match="no training examples: every one of the 2 kept users has exactly 3 items"):
+        prepare_stage(_cfg(root), tmp_path / "run", log=lambda m: None)
+    assert not (tmp_path / "run" / "manifest.json").exists()
+
+
+def test_artifact_files_are_atomic_readable_and_checked(tmp_path):
+    """write_json leaves no temporary file behind when the object cannot be written; manifests and artifact folders
+    get the umask's permissions (mkstemp / mkdtemp alone would give 0600 / 0700, unreadable to other users of shared
+    storage); a manifest that is JSON but not an object is an ArtifactError, not an AttributeError."""
+    from s2gr_ray import artifacts
+
+    path = tmp_path / "a" / "manifest.json"
+    with pytest.raises(TypeError):
+        artifacts.write_json(path, {"x": object()})
+    assert not list((tmp_path / "a").iterdir())  # neither the file nor a .manifest.json.* temp file
+    artifacts.write_json(path, {"kind": "data"})
+    assert path.stat().st_mode & 0o777 == 0o666 & ~artifacts._UMASK  # 0644 under the usual umask 022
+    with artifacts.atomic_dir(tmp_path / "art") as tmp:
+        (tmp / "f").write_text("x")
+    assert (tmp_path / "art").stat().st_mode & 0o777 == 0o777 & ~artifacts._UMASK
+    path.write_text("[]")
+    with pytest.raises(artifacts.ArtifactError, match="is not a manifest"):
+        artifacts.read_manifest(path.parent, "data")

@@ -149,4 +149,5 @@ def read_amazon(cfg: DataConfig) -> RawDataset:
     if duplicates:
         skipped["duplicate_metadata"] = duplicates
     return RawDataset(users, items, np.asarray(orders, dtype=np.int64), item_text,
-                      source=f"{reviews_path} + {meta_path}", skipped=skipped, sequences_are_final=False)
+                      source=f"{reviews_path} + {meta_path}", skipped=skipped, sequences_are_final=False,
+                      files=[reviews_path, meta_path])

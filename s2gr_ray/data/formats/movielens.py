@@ -168,7 +168,7 @@ def _read_100k(folder: Path):
             raise DataError(f"{item_path}:{lineno}: genre flags must be 0 or 1, found {'|'.join(flags)}")
         text = {"title": parts[1].strip(), "release_date": parts[2].strip(),
                 "genres": " | ".join(g for g, f in zip(genres, flags) if f == "1")}
-        movies[parts[0].strip()] = {k: v for k, v in text.items() if v}
+        _add_movie(movies, parts[0].strip(), {k: v for k, v in text.items() if v}, item_path, lineno)
     return movies, _read_ratings_dat(folder / "u.data", "\t", movies, "ml-100k")
 
 
@@ -178,8 +178,15 @@ def _read_1m(folder: Path):
     for lineno, line in latin1_lines(movie_path):
         movie_id, title, genres = _fields(line, "::", 3, movie_path, lineno, "ml-1m")
         text = {"title": title.strip(), "genres": " | ".join(g for g in genres.strip().split("|") if g)}
-        movies[movie_id.strip()] = {k: v for k, v in text.items() if v}
+        _add_movie(movies, movie_id.strip(), {k: v for k, v in text.items() if v}, movie_path, lineno)
     return movies, _read_ratings_dat(folder / "ratings.dat", "::", movies, "ml-1m")
+
+
+def _add_movie(movies: dict[str, dict[str, str]], movie_id: str, text: dict[str, str], path: Path, lineno: int):
+    if movie_id in movies:  # the later line would silently give the earlier movie's ratings another title
+        raise DataError(f"{path}:{lineno}: movie id {movie_id!r} appears a second time (first as "
+                        f"{movies[movie_id].get('title', '')!r}); one line per movie")
+    movies[movie_id] = text
 
 
 def _is_number(value) -> bool:
@@ -245,4 +252,6 @@ def read_movielens(cfg: DataConfig) -> RawDataset:
         times = times[idx]
     ratings_file, movies_file = LAYOUT_FILES[layout]
     return RawDataset(users, items, times, movies, source=f"{folder / ratings_file} + {folder / movies_file} "
-                      f"({layout})", skipped=skipped, sequences_are_final=False)
+                      f"({layout})", skipped=skipped, sequences_are_final=False,
+                      files=[folder / ratings_file, folder / movies_file]
+                      + ([folder / "u.genre"] if layout == "ml-100k" and (folder / "u.genre").is_file() else []))

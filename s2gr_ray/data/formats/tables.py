@@ -246,6 +246,9 @@ def ids_as_text(col: pa.ChunkedArray, path: Path, name: str) -> pa.ChunkedArray:
     if pa.types.is_dictionary(t):
         col, t = col.cast(t.value_type), t.value_type
     if pa.types.is_floating(t):  # integer ids that went through a float column (pandas with NaN)
+        nan = _first(pc.fill_null(pc.is_nan(col), False))
+        if nan is not None:  # (a NaN would cast to one made-up integer id shared by every such row)
+            raise DataError(f"{path}: {_row(path, nan)}: empty {name!r} (NaN); every row needs an id")
         values = col.to_numpy(zero_copy_only=False)
         finite = values[np.isfinite(values)]
         if len(finite) and np.all(finite == np.round(finite)):
@@ -445,4 +448,4 @@ def read_tables(cfg: DataConfig) -> RawDataset:
         orders = np.arange(table.num_rows, dtype=np.int64)
     source = f"{inter_path} + {items_path}" + ("" if has_time else " (no time column: file order)")
     return RawDataset(users.to_pylist(), items.to_pylist(), orders, item_text, source=source,
-                      sequences_are_final=False, notes=notes)
+                      sequences_are_final=False, notes=notes, files=[inter_path, items_path])
