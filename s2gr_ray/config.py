@@ -115,8 +115,8 @@ class TokenizerConfig:
     uniformity_weight: float = 1.0
     # CoBa part 3: auxiliary-loss-free load balancing (selection bias)
     balance: bool = True
-    balance_gamma: float = 1e-2  # bias step per optimizer step, in units of the level's mean nearest distance
-    balance_max_bias: float = 1.0  # tuned on Beauty (benchmarks/tokenizer_bench.py)
+    balance_gamma: float = 1e-2  # bias step per optimizer step, in units of the level's mean nearest squared distance
+    balance_max_bias: float = 1.0  # same units; tuned on Beauty (benchmarks/tokenizer_bench.py)
     balance_at_assign: bool = True  # final assignment chooses codes with the trained bias too (assign.py)
     # Collisions: append one dedup code so every item has a unique SID
     dedup: bool = True

@@ -67,6 +67,10 @@ def validate_inputs(embeddings: np.ndarray, train_sequences: Sequence[np.ndarray
     if not cfg.dedup and n > capacity:
         raise ValueError(f"{n} items cannot get unique SIDs from codebook_sizes {sizes} (prod = {capacity:.0f}) "
                          "without dedup; set tokenizer.dedup=true or enlarge the codebooks")
+    if cfg.kmeans_max_points and cfg.kmeans_max_points < max(sizes):
+        raise ValueError(f"tokenizer.kmeans_max_points = {cfg.kmeans_max_points} is below the largest codebook "
+                         f"({max(sizes)}): k-means cannot place {max(sizes)} distinct centres on fewer points; use "
+                         f"0 (all items) or several times {max(sizes)}")
     if cfg.num_coarse > min(sizes):
         raise ValueError(f"tokenizer.num_coarse = {cfg.num_coarse} exceeds the smallest codebook ({min(sizes)})")
     if not isinstance(train_sequences, (list, tuple)):

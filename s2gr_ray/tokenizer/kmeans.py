@@ -36,6 +36,19 @@ def nearest(x: torch.Tensor, c: torch.Tensor, bias: torch.Tensor | None = None,
     return torch.cat(idx), torch.cat(dist)
 
 
+def cluster_sums(x: torch.Tensor, assign: torch.Tensor, k: int, chunk: int = CHUNK,
+                 gemm: bool | None = None) -> torch.Tensor:
+    """[K, D] sum of the rows of ``x`` per cluster. On CUDA (gemm None = x.is_cuda) as one-hot GEMMs in chunks:
+    index_add_ there adds with float atomics in no fixed order, so the same seed could give other centres (and
+    other SIDs)."""
+    if not (x.is_cuda if gemm is None else gemm):
+        return torch.zeros(k, x.shape[1], dtype=x.dtype, device=x.device).index_add_(0, assign, x)
+    out = torch.zeros(k, x.shape[1], dtype=x.dtype, device=x.device)
+    for s in range(0, x.shape[0], chunk):
+        out += torch.nn.functional.one_hot(assign[s:s + chunk], k).to(x.dtype).T @ x[s:s + chunk]
+    return out
+
+
 def kmeans_plus_plus(x: torch.Tensor, k: int, generator: torch.Generator,
                      allow_fewer: bool = False) -> torch.Tensor:
     """k-means++ seeding. When fewer than k distinct points exist: KMeansError, or (allow_fewer) the missing
@@ -87,7 +100,7 @@ def kmeans(x: torch.Tensor, k: int, seed: int = 0, iters: int = 50, tol: float =
     for _ in range(iters):
         assign, dist = nearest(fit_x, centres)
         counts = torch.bincount(assign, minlength=k)
-        sums = torch.zeros_like(centres).index_add_(0, assign, fit_x)
+        sums = cluster_sums(fit_x, assign, k)
         new = torch.where(counts[:, None] > 0, sums / counts.clamp_min(1)[:, None].to(sums), centres)
         empty = (counts == 0).nonzero()[:, 0]
         if len(empty) and len(empty) < fit_x.shape[0]:
@@ -99,5 +112,23 @@ def kmeans(x: torch.Tensor, k: int, seed: int = 0, iters: int = 50, tol: float =
         if prev is not None and abs(prev - inertia) <= tol * max(prev, 1e-12) and not len(empty):
             break
         prev = inertia
+    if allow_fewer:
+        centres = _separate_duplicates(centres, fit_x, gen)
     assign, _ = nearest(x, centres)
     return centres, assign
+
+
+def _separate_duplicates(centres: torch.Tensor, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """With fewer distinct points than clusters, Lloyd's means and re-seeds land several centres on one point:
+    exact duplicates (dead codes the uniformity penalty cannot push apart, since its gradient between equal codes
+    is zero). Each later copy gets the tiny deterministic noise of kmeans_plus_plus again; the first keeps the
+    point, and its points (ties go to the lowest index)."""
+    diff = (centres[:, None, :] - centres[None, :, :]).pow(2).sum(-1)  # exact: no |a|^2 - 2ab + |b|^2 rounding
+    dup = (diff == 0).triu(1).any(0)  # equal to an earlier centre
+    if not dup.any():
+        return centres
+    scale = float(x.std()) if x.shape[0] > 1 else 1.0
+    noise = torch.randn((int(dup.sum()), centres.shape[1]), generator=generator).to(centres)
+    out = centres.clone()
+    out[dup] = centres[dup] + noise * (1e-3 * (scale or 1.0))
+    return out

@@ -118,7 +118,7 @@ def train_rqvae(x: torch.Tensor, target: torch.Tensor, cfg, *, use_balance: bool
         steps = 0
         for s in range(0, n, bs):
             idx = order[s:s + bs]
-            if len(idx) < max(2, bs // 4) and steps:  # fold a tiny tail batch into the next epoch
+            if len(idx) < max(2, bs // 4) and steps:  # skip a tiny tail batch (the next epoch reshuffles)
                 continue
             x_hat, _, cb, commit = model(x[idx], balance, train=True)
             recon = torch.mean((x_hat - target[idx]) ** 2)

@@ -122,7 +122,7 @@ def resume_epoch(storage: str, run_name: str) -> int:
     try:
         with filesystem.open_input_stream(f"{folder}/{names[-1]}/{worker_mod.STATE_FILE}") as fh:
             return int(json.loads(fh.read().decode()).get("epoch", 0))
-    except (OSError, ValueError):  # an incomplete checkpoint: Ray Train reports it; the shuffle seed is not worth failing
+    except (OSError, ValueError):  # an incomplete checkpoint: Ray Train reports it; not worth failing the seed over
         return 0
 
 

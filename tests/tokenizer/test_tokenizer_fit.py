@@ -152,6 +152,8 @@ def test_bad_inputs_fail_before_training(data):
         (dict(seqs=seqs + [np.array([3, 401])]), "item id 401"),
         (dict(seqs=seqs + [np.array([0, 2])]), "item id 0"),
         (dict(categories=labels[:10]), "10 labels"),
+        (dict(cfg=dataclasses.replace(SMALL, kmeans_max_points=max(SMALL.codebook_sizes) - 1)),
+         "kmeans_max_points .* below the largest codebook"),
     ]
     for kw, msg in cases:
         args = dict(embeddings=x, seqs=seqs, cfg=SMALL, categories=None, num_items=None) | kw

@@ -42,3 +42,22 @@ def test_kmeans_k_larger_than_distinct_points_raises():
         kmeans(x, 21)
     centres, _ = kmeans(x, 3, allow_fewer=True)  # the relaxed mode used for collapsing residuals
     assert centres.shape == (3, 2)
+
+
+def test_fewer_distinct_points_than_clusters_keep_distinct_centres():
+    """allow_fewer's noisy copies must survive Lloyd: re-seeding an empty cluster with a point that sits on its own
+    centre would make an exact duplicate (a dead code the uniformity penalty cannot push apart)."""
+    x = torch.randn(6, 4, generator=torch.Generator().manual_seed(0)).repeat(3, 1)  # 18 points, 6 distinct
+    centres, _ = kmeans(x, 10, allow_fewer=True)
+    assert torch.pdist(centres).min() > 0
+
+
+def test_cluster_sums_as_gemm_equal_index_add():
+    """The CUDA path (one-hot GEMMs in chunks, deterministic) against index_add_, run on the CPU here."""
+    from s2gr_ray.tokenizer.kmeans import cluster_sums
+
+    g = torch.Generator().manual_seed(1)
+    x, assign = torch.randn(1000, 8, generator=g), torch.randint(7, (1000,), generator=g)
+    plain = cluster_sums(x, assign, 7)
+    assert torch.allclose(cluster_sums(x, assign, 7, chunk=300, gemm=True), plain, atol=1e-4)
+    assert torch.allclose(plain[3], x[assign == 3].sum(0), atol=1e-4)
