@@ -103,6 +103,22 @@ def fit_tokenizer(embeddings: np.ndarray, train_sequences: list[np.ndarray], cfg
         return _fit(emb, train_sequences, cfg, categories, log, device)
 
 
+def _level_nmse(target: torch.Tensor, books: list[torch.Tensor], codes: np.ndarray, decode=None,
+                chunk: int = 65536) -> list[float]:
+    """Reconstruction MSE (of the standardised target) from the codes of levels 1..l, for each l (S2GR.md Stage A
+    item 8): the sum of the chosen code vectors up to level l, decoded (RQ-VAE) or as is (RQ-KMeans)."""
+    idx = torch.as_tensor(codes, device=books[0].device)
+    out = []
+    for lvl in range(len(books)):
+        sq = 0.0
+        for s in range(0, target.shape[0], chunk):
+            part = sum(books[i][idx[s:s + chunk, i]] for i in range(lvl + 1))
+            rec = decode(part) if decode is not None else part
+            sq += float(((rec - target[s:s + chunk]) ** 2).sum())
+        out.append(sq / target.numel())
+    return out
+
+
 def _fit(emb: np.ndarray, train_sequences: Sequence[np.ndarray], cfg: TokenizerConfig,
          categories: np.ndarray | None, log: Callable[[str], None], device: torch.device) -> SIDTokenizer:
     t0 = time.time()
@@ -129,6 +145,7 @@ def _fit(emb: np.ndarray, train_sequences: Sequence[np.ndarray], cfg: TokenizerC
         books = residual_kmeans(target, sizes, cfg.seed, cfg.kmeans_max_points)
         codes, quantised, norms = residual_assign(target, books)
         nmse = float(torch.mean((quantised - target) ** 2))
+        level_nmse = _level_nmse(target, books, codes, decode=None)
     else:
         def utilization(model: RQVAE, balance) -> list[float]:
             sample = target[:65536]
@@ -149,11 +166,13 @@ def _fit(emb: np.ndarray, train_sequences: Sequence[np.ndarray], cfg: TokenizerC
             sq = sum(float(((model.decoder(quantised[s:s + 65536]) - target[s:s + 65536]) ** 2).sum())
                      for s in range(0, z.shape[0], 65536))
             nmse = sq / target.numel()
+            level_nmse = _level_nmse(target, books, codes, decode=model.decoder)
         if balance is not None:
             extra["balance_bias_abs_mean"] = [float(b.abs().mean()) for b in balance.bias]
 
     recon = nmse * float(scale) ** 2
     extra["reconstruction_nmse"] = nmse
+    extra["reconstruction_mse_by_level"] = [v * float(scale) ** 2 for v in level_nmse]
     prefix = prefix_collision_rates(codes)
     sids, dedup_size, collision = dedup_codes(codes, cfg.dedup, cfg.max_dedup)
     level_sizes = sizes + ([dedup_size] if cfg.dedup else [])

@@ -73,6 +73,9 @@ def build_report(codes: np.ndarray, codebook_sizes: list[int], prefix_collisions
                        "collision_rate": float(prefix_collisions[lvl]),
                        "residual_norm": float(residual_norms[lvl]),
                        "usage": counts.tolist()})
+    by_level = (extra or {}).get("reconstruction_mse_by_level") or []
+    for lv, mse in zip(levels, by_level):  # after decoding the codes of levels 1..l
+        lv["reconstruction_mse"] = float(mse)
     report: dict[str, Any] = {
         "levels": levels,
         "utilization": float(np.mean([lv["utilization"] for lv in levels])),

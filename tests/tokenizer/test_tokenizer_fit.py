@@ -129,6 +129,11 @@ def test_other_kinds(data, kind):
     assert tok.report["reconstruction_target"] == "X"
     norms = [lv["residual_norm"] for lv in tok.report["levels"]]
     assert norms[0] > norms[1] > norms[2]
+    # reconstruction error from the codes of levels 1..l (S2GR.md Stage A item 8): the last level's is the total
+    recon = [lv["reconstruction_mse"] for lv in tok.report["levels"]]
+    assert recon[-1] == pytest.approx(tok.report["reconstruction_mse"], rel=1e-4)
+    if kind == "rqkmeans":  # residual k-means: each level's nearest code can only shrink the residual
+        assert recon[0] > recon[1] > recon[2]
     if kind == "rqkmeans":  # codebooks in the (standardised) input space
         assert tok.codebooks[0].shape == (8, 16) and tok.coarse_centres[0].shape == (4, 16)
         assert tok.report["category_purity"] > 0.95
