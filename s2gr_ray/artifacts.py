@@ -71,7 +71,8 @@ def write_json(path: Path, obj: Any) -> None:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             json.dump(obj, fh, indent=2, sort_keys=False, default=_json_default)
             fh.write("\n")
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp's 0600 would hide it from other users of shared storage
+        with contextlib.suppress(OSError):  # mkstemp's 0600 would hide it from other users of shared storage
+            os.chmod(tmp, 0o666 & ~_UMASK)  # (a mount that refuses chmod keeps 0600)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -79,7 +80,15 @@ def write_json(path: Path, obj: Any) -> None:
         raise
 
 
-def _read_umask() -> int:  # (os.umask can only be read by setting it: once, at import, not beside other threads)
+def _read_umask() -> int:
+    """The process umask, from /proc where it can be read without setting it (os.umask can only read it by
+    setting it, process-wide: done once, at import, elsewhere)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
@@ -184,7 +193,8 @@ def atomic_dir(target: Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.tmp-"))
     try:
         yield tmp
-        os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp's 0700 would hide it from other users of shared storage
+        with contextlib.suppress(OSError):  # mkdtemp's 0700 would hide it from other users of shared storage
+            os.chmod(tmp, 0o777 & ~_UMASK)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -250,7 +250,7 @@ def prepare_stage(cfg: Config, run: Path, log: Callable[[str], None] = print) ->
         max_history=cfg.data.max_history, schema={f.name: str(f.type) for f in SEQUENCE_SCHEMA},
         item_file_hash=artifacts.file_hash(run / "items.parquet"),
         interactions_hash=artifacts.file_hash(run / "interactions.parquet"),  # in the hash: sequences changed
-        inputs=input_fingerprint(raw.files, cfg.data), input_paths=[str(Path(f).resolve()) for f in raw.files],
+        inputs=input_fingerprint(raw.files, cfg.data), input_paths=_input_keys(raw.files, cfg.data),
     )
     log(f"prepare: {manifest['num_users']:,} users, {manifest['num_items']:,} items, "
         f"{manifest['num_interactions']:,} interactions; examples train {counts['train']:,} / valid "
@@ -271,6 +271,16 @@ def input_fingerprint(paths, d) -> dict[str, list[int]]:
             st = f.stat()
             out[str(f.relative_to(root)) if root is not None and f.is_relative_to(root) else str(f)] = \
                 [st.st_size, st.st_mtime_ns]
+    return out
+
+
+def _input_keys(paths, d) -> list[str]:
+    """The files read, relative to data.path's folder (absolute outside it): a dataset moved or copied elsewhere
+    (a Ray job's unpacked working folder) keeps its fingerprint."""
+    root = _data_root(d)
+    out = []
+    for f in map(lambda p: Path(p).resolve(), paths):
+        out.append(str(f.relative_to(root)) if root is not None and f.is_relative_to(root) else str(f))
     return out
 
 
@@ -302,7 +312,9 @@ def stale_inputs(manifest: dict, d) -> str | None:
     if saved is None:
         return None
     paths = manifest.get("input_paths")
-    now = _tree_fingerprint(d) if paths is None else input_fingerprint(paths, d)
+    root = _data_root(d)
+    now = _tree_fingerprint(d) if paths is None else \
+        input_fingerprint([p if Path(p).is_absolute() or root is None else root / p for p in paths], d)
     changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
     if not changed:
         return None

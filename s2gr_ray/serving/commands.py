@@ -6,6 +6,7 @@ connect to RAY_ADDRESS / --ray-address when set, else start a local Ray (s2gr_ra
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -14,17 +15,13 @@ from pathlib import Path
 COMMANDS = ("recommend", "score", "evaluate", "report")
 ID_HELP = ("how history ids are read: item_id (dense ids 1..N of RUN), raw_id (the dataset's own ids) or auto (per "
            "history, the reading that knows more ids; a history that both readings know equally well but as "
-           "different items gets no items and the reason 'ambiguous ids'; one of whose ids neither reading knows is "
-           "reported as read as 'none')")
+           "different items gets no items and the reason 'ambiguous ids'; one in which neither reading knows any "
+           "id gets id_type 'none')")
 BEAM_HELP = "beam width; never below --k (default max(k, 20))"
 
 
-def log(msg: str) -> None:
-    print(f"[s2gr {time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def log_to_stderr(msg: str) -> None:  # under --json, where stdout holds only the JSON
-    print(f"[s2gr {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+def log(msg: str, file=None) -> None:
+    print(f"[s2gr {time.strftime('%H:%M:%S')}] {msg}", file=file or sys.stdout, flush=True)
 
 
 def add_parsers(sub) -> None:
@@ -151,7 +148,7 @@ def run_command(args: argparse.Namespace) -> int:
                                min_history_view=args.min_history_view, batch_size=args.batch_size,
                                max_users=args.max_users, concurrency=args.concurrency,
                                cpus_per_actor=args.cpus_per_actor, gpus_per_actor=args.gpus_per_actor,
-                               ray_address=args.ray_address, log=log_to_stderr if args.json else log)
+                               ray_address=args.ray_address, log=functools.partial(log, file=sys.stderr) if args.json else log)
             print(json.dumps(out, indent=2) if args.json else "\n" + metric_table(out) + "\n")
         elif args.command == "report":
             from s2gr_ray.serving.report import build_report

@@ -185,8 +185,9 @@ def evaluate_run(run: str | Path, split: str = "test", beam_size: int | None = N
         # each call takes EVAL_GROUP batches' users and searches them in length-sorted batches of batch_size
         compute=ray.data.ActorPoolStrategy(size=concurrency), batch_size=batch_size * EVAL_GROUP, batch_format="numpy",
         zero_copy_batch=False, **res)  # writable arrays for torch.as_tensor
-    # a dataset runs under the DataContext copied when it was made: set this one's, not the process-wide one
-    ds.context.enable_progress_bars = True  # build_datasets turns them off
+    # a dataset runs under the DataContext copied when it was made (its executor), while the per-operator bars
+    # read the process-wide one: set both (build_datasets turns them off)
+    ds.context.enable_progress_bars = ray.data.DataContext.get_current().enable_progress_bars = True
     if max_users:  # the first N users in shard order (as training's eval.max_users), not the first blocks to finish
         ds.context.execution_options.preserve_order = True
     limit = run_user_limit(run, split)

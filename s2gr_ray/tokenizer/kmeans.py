@@ -123,8 +123,10 @@ def _separate_duplicates(centres: torch.Tensor, x: torch.Tensor, generator: torc
     exact duplicates (dead codes the uniformity penalty cannot push apart, since its gradient between equal codes
     is zero). Each later copy gets the tiny deterministic noise of kmeans_plus_plus again; the first keeps the
     point, and its points (ties go to the lowest index)."""
-    diff = (centres[:, None, :] - centres[None, :, :]).pow(2).sum(-1)  # exact: no |a|^2 - 2ab + |b|^2 rounding
-    dup = (diff == 0).triu(1).any(0)  # equal to an earlier centre
+    _, inverse = torch.unique(centres, dim=0, return_inverse=True)  # exact equality, no k x k x D tensor
+    first = torch.full((len(centres),), len(centres), dtype=torch.long, device=centres.device)
+    first = first.scatter_reduce(0, inverse, torch.arange(len(centres), device=centres.device), reduce="amin")
+    dup = first[inverse] != torch.arange(len(centres), device=centres.device)  # equal to an earlier centre
     if not dup.any():
         return centres
     scale = float(x.std()) if x.shape[0] > 1 else 1.0

@@ -284,8 +284,12 @@ def load_space(path: str | Path, overrides: list[str] | Mapping[str, Any] = (),
         raise ConfigError(f"{where}: base {base_path} with the overrides: {exc}") from None
 
     storage = base.train.storage_path
-    if storage and "://" not in storage and not Path(storage).is_absolute():  # trials run in Ray's own folders
-        base = base.replace(**{"train.storage_path": str(Path(storage).resolve())})
+    if storage and "://" not in storage and not Path(storage).is_absolute():
+        # trials run in Ray Tune's own working folders, where a relative path would land; made absolute here it
+        # would tie the sweep's fingerprint (and its resume) to the directory it was started from
+        raise ConfigError(f"{where}: train.storage_path {storage!r} is relative; a sweep needs an absolute path "
+                          f"(e.g. {Path(storage).resolve()}) or a URI (s3://..., on a cluster: storage every node "
+                          "sees), or leave it out (each trial keeps its checkpoints in its own folder under --out)")
 
     keys = valid_keys()
     raw_params = data.get("params") or {}

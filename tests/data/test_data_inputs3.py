@@ -157,3 +157,20 @@ def test_artifact_files_are_atomic_readable_and_checked(tmp_path):
     path.write_text("[]")
     with pytest.raises(artifacts.ArtifactError, match="is not a manifest"):
         artifacts.read_manifest(path.parent, "data")
+
+
+def test_a_dataset_copied_elsewhere_with_its_run_stays_current(tmp_path, monkeypatch):
+    """A relative data.path and its run copied with their file times (a Ray job's unpacked working folder): the same
+    config and the same files, so the prepared data is reused, not rebuilt."""
+    import shutil
+
+    first, second = tmp_path / "a", tmp_path / "b"
+    _dataset(first / "ds", ["u1 i1 i2 i3 i4", "u2 i2 i3 i4 i1"])
+    monkeypatch.chdir(first)
+    cfg = _cfg(Path("ds"))
+    prepare_stage(cfg, first / "run", log=lambda m: None)
+    shutil.copytree(first, second)  # copy2: sizes and modification times kept
+    monkeypatch.chdir(second)
+    assert artifact_mismatch("prepare", cfg, second / "run") is None
+    (second / "ds" / "items.jsonl").unlink()
+    assert "items.jsonl (removed)" in artifact_mismatch("prepare", cfg, second / "run")

@@ -99,13 +99,14 @@ def test_a_valid_metric_becomes_every_trials_monitor(tmp_path):
         load_space(write_space(tmp_path, metric="valid/recall@5", overrides={"train.monitor": "ndcg@5"}))
 
 
-def test_a_relative_storage_path_is_made_absolute_where_the_sweep_starts(tmp_path, monkeypatch):
+def test_a_relative_storage_path_is_refused(tmp_path, monkeypatch):
     """Trials run in Ray Tune's own working folders: a relative path there would land in Ray's session folder."""
     monkeypatch.chdir(tmp_path)
-    spec = load_space(write_space(tmp_path, overrides={"train.storage_path": "ckpt"}))
-    assert spec.base.train.storage_path == str(tmp_path / "ckpt")
-    remote = load_space(write_space(tmp_path, overrides={"train.storage_path": "s3://bucket/ckpt"}))
-    assert remote.base.train.storage_path == "s3://bucket/ckpt"
+    with pytest.raises(ConfigError, match=f"train.storage_path 'ckpt' is relative; .*e.g. {tmp_path / 'ckpt'}"):
+        load_space(write_space(tmp_path, overrides={"train.storage_path": "ckpt"}))
+    for storage in ("s3://bucket/ckpt", str(tmp_path / "ckpt")):
+        assert load_space(write_space(tmp_path, overrides={"train.storage_path": storage})).base.train.storage_path \
+            == storage
 
 
 def test_an_all_grid_space_refuses_points_to_evaluate(tmp_path):

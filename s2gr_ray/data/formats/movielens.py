@@ -254,4 +254,4 @@ def read_movielens(cfg: DataConfig) -> RawDataset:
     return RawDataset(users, items, times, movies, source=f"{folder / ratings_file} + {folder / movies_file} "
                       f"({layout})", skipped=skipped, sequences_are_final=False,
                       files=[folder / ratings_file, folder / movies_file]
-                      + ([folder / "u.genre"] if layout == "ml-100k" and (folder / "u.genre").is_file() else []))
+                      + ([folder / "u.genre"] if layout == "ml-100k" else []))  # (added later: stale too)
