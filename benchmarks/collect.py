@@ -10,7 +10,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-ORDER = ["quality_cpu_chunks.md", "quality_cpu_conv2.md", "quality_cpu_infonce.md", "quality_cpu.md", "quality_cpu_long.md",
+ORDER = ["quality_cpu_chunks.md", "quality_cpu_conv2.md", "quality_cpu_infonce.md", "quality_cpu_code.md", "quality_cpu.md", "quality_cpu_long.md",
          "quality_cpu_conv.md",
          "quality_paper.md", "quality_paper_gpu_short.md", "quality_cpu_grouped.md", "speed.md", "speed_beauty.md",
          "speed_gpu_beauty.md", "speed_ray.md", "speed_compile.md", "speed_compile_code.md",
