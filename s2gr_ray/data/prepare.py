@@ -267,10 +267,8 @@ def input_fingerprint(paths, d) -> dict[str, list[int]]:
     for path in map(Path, paths):
         files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path] if path.exists() else []
         for f in files:
-            f = f.resolve()
             st = f.stat()
-            out[str(f.relative_to(root)) if root is not None and f.is_relative_to(root) else str(f)] = \
-                [st.st_size, st.st_mtime_ns]
+            out[_input_key(f, root)] = [st.st_size, st.st_mtime_ns]
     return out
 
 
@@ -278,10 +276,13 @@ def _input_keys(paths, d) -> list[str]:
     """The files read, relative to data.path's folder (absolute outside it): a dataset moved or copied elsewhere
     (a Ray job's unpacked working folder) keeps its fingerprint."""
     root = _data_root(d)
-    out = []
-    for f in map(lambda p: Path(p).resolve(), paths):
-        out.append(str(f.relative_to(root)) if root is not None and f.is_relative_to(root) else str(f))
-    return out
+    return [_input_key(p, root) for p in paths]
+
+
+def _input_key(path, root: Path | None) -> str:
+    """One input file's name in the manifest: relative to the dataset's folder ``root``, absolute outside it."""
+    f = Path(path).resolve()
+    return str(f.relative_to(root)) if root is not None and f.is_relative_to(root) else str(f)
 
 
 def _data_root(d) -> Path | None:

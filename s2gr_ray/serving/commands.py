@@ -148,7 +148,8 @@ def run_command(args: argparse.Namespace) -> int:
                                min_history_view=args.min_history_view, batch_size=args.batch_size,
                                max_users=args.max_users, concurrency=args.concurrency,
                                cpus_per_actor=args.cpus_per_actor, gpus_per_actor=args.gpus_per_actor,
-                               ray_address=args.ray_address, log=functools.partial(log, file=sys.stderr) if args.json else log)
+                               ray_address=args.ray_address,
+                               log=functools.partial(log, file=sys.stderr) if args.json else log)
             print(json.dumps(out, indent=2) if args.json else "\n" + metric_table(out) + "\n")
         elif args.command == "report":
             from s2gr_ray.serving.report import build_report

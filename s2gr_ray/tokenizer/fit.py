@@ -108,15 +108,14 @@ def _level_nmse(target: torch.Tensor, books: list[torch.Tensor], codes: np.ndarr
     """Reconstruction MSE (of the standardised target) from the codes of levels 1..l, for each l (S2GR.md Stage A
     item 8): the sum of the chosen code vectors up to level l, decoded (RQ-VAE) or as is (RQ-KMeans)."""
     idx = torch.as_tensor(codes, device=books[0].device)
-    out = []
-    for lvl in range(len(books)):
-        sq = 0.0
-        for s in range(0, target.shape[0], chunk):
-            part = sum(books[i][idx[s:s + chunk, i]] for i in range(lvl + 1))
+    sq = [0.0] * len(books)
+    for s in range(0, target.shape[0], chunk):
+        part = torch.zeros_like(books[0][idx[s:s + chunk, 0]])
+        for lvl, book in enumerate(books):  # levels 1..l summed in residual_assign's order
+            part = part + book[idx[s:s + chunk, lvl]]
             rec = decode(part) if decode is not None else part
-            sq += float(((rec - target[s:s + chunk]) ** 2).sum())
-        out.append(sq / target.numel())
-    return out
+            sq[lvl] += float(((rec - target[s:s + chunk]) ** 2).sum())
+    return [v / target.numel() for v in sq]
 
 
 def _fit(emb: np.ndarray, train_sequences: Sequence[np.ndarray], cfg: TokenizerConfig,
@@ -143,8 +142,7 @@ def _fit(emb: np.ndarray, train_sequences: Sequence[np.ndarray], cfg: TokenizerC
 
     if cfg.kind == "rqkmeans":
         books = residual_kmeans(target, sizes, cfg.seed, cfg.kmeans_max_points)
-        codes, quantised, norms = residual_assign(target, books)
-        nmse = float(torch.mean((quantised - target) ** 2))
+        codes, _, norms = residual_assign(target, books)
         level_nmse = _level_nmse(target, books, codes, decode=None)
     else:
         def utilization(model: RQVAE, balance) -> list[float]:
@@ -162,14 +160,12 @@ def _fit(emb: np.ndarray, train_sequences: Sequence[np.ndarray], cfg: TokenizerC
                   if balance is not None and cfg.balance_at_assign else None)
         with torch.no_grad():
             z = encode_all(model, target)
-            codes, quantised, norms = residual_assign(z, books, biases)
-            sq = sum(float(((model.decoder(quantised[s:s + 65536]) - target[s:s + 65536]) ** 2).sum())
-                     for s in range(0, z.shape[0], 65536))
-            nmse = sq / target.numel()
+            codes, _, norms = residual_assign(z, books, biases)
             level_nmse = _level_nmse(target, books, codes, decode=model.decoder)
         if balance is not None:
             extra["balance_bias_abs_mean"] = [float(b.abs().mean()) for b in balance.bias]
 
+    nmse = level_nmse[-1]  # from the codes of every level: the whole reconstruction
     recon = nmse * float(scale) ** 2
     extra["reconstruction_nmse"] = nmse
     extra["reconstruction_mse_by_level"] = [v * float(scale) ** 2 for v in level_nmse]

@@ -65,10 +65,8 @@ def kmeans_plus_plus(x: torch.Tensor, k: int, generator: torch.Generator,
             if not allow_fewer:
                 raise KMeansError(f"k-means: asked for k = {k} clusters but the {n} points hold only {j} distinct "
                                   "vectors; use fewer clusters (smaller codebook / num_coarse) or more data")
-            scale = float(x.std()) if n > 1 else 1.0
             extra = x[torch.randint(n, (k - j,), generator=generator)]
-            noise = torch.randn(extra.shape, generator=generator).to(x) * (1e-3 * (scale or 1.0))
-            return torch.cat([torch.stack(centres), extra + noise])
+            return torch.cat([torch.stack(centres), extra + _jitter(extra.shape, x, generator)])
         pick = int(torch.multinomial(w / total, 1, generator=generator).item())
         centres.append(x[pick])
         best = torch.minimum(best, squared_distances(x, x[pick:pick + 1])[:, 0])
@@ -129,8 +127,12 @@ def _separate_duplicates(centres: torch.Tensor, x: torch.Tensor, generator: torc
     dup = first[inverse] != torch.arange(len(centres), device=centres.device)  # equal to an earlier centre
     if not dup.any():
         return centres
-    scale = float(x.std()) if x.shape[0] > 1 else 1.0
-    noise = torch.randn((int(dup.sum()), centres.shape[1]), generator=generator).to(centres)
     out = centres.clone()
-    out[dup] = centres[dup] + noise * (1e-3 * (scale or 1.0))
+    out[dup] = centres[dup] + _jitter((int(dup.sum()), centres.shape[1]), x, generator).to(centres)
     return out
+
+
+def _jitter(shape, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Tiny deterministic noise (1e-3 of the points' spread) that makes copies of a point distinct centres."""
+    scale = float(x.std()) if x.shape[0] > 1 else 1.0
+    return torch.randn(shape, generator=generator).to(x) * (1e-3 * (scale or 1.0))
