@@ -434,7 +434,7 @@ def bench_ray(args, device) -> None:
     bare_runs = [_bare_loop(cfg, work, steps)]
     ray_rates, steady = {}, {}
     # ZeRO-2 is the config default; with one worker it has nothing to partition. DDP: the torch engine, no DeepSpeed
-    engines = {name: extra for key, (name, extra) in RAY_ENGINES.items() if key in args.engines}
+    engines = dict(RAY_ENGINES[key] for key in dict.fromkeys(args.engines))  # in the order given
     for i, (engine, extra) in enumerate(engines.items()):
         t0 = time.perf_counter()
         metrics = train_stage(load_config(None, common + extra + [f"train.run_name=e{i}"]), work, log)
@@ -633,7 +633,7 @@ def main() -> int:
                    "decode pair (the encoder-dominated regime of the paper's cost figure)")
     p.add_argument("--ray-steps", type=int, default=300)
     p.add_argument("--engines", nargs="+", default=list(RAY_ENGINES), choices=list(RAY_ENGINES),
-                   help="training engines of the ray section (each against the same bare loop)")
+                   help="training engines of the ray section, run in this order (each against the same bare loop)")
     p.add_argument("--beauty-run", default="", help="a prepared run directory (sequences/) for the beauty section; "
                    "default: prepare Beauty from S2GR_BEAUTY_PATH / ../shared/data/amazon-beauty")
     p.add_argument("--beauty-group", type=int, default=8, help="train.length_grouping of the beauty section")

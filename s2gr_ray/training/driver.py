@@ -51,6 +51,7 @@ def model_signature(cfg: Config, tok: dict[str, Any], tokenizer_hash: str) -> di
             "tokenizer_hash": tokenizer_hash}
 
 
+VALIDATION_KEY = "validation (eval.valid_users or max_users, beam_size, min_history_view)"
 SETTINGS_FILE = "s2gr_settings.json"  # in STORAGE/RUN_NAME: what the checkpoints there were trained with
 # train.* keys a resumed run may change: how it executes, not what it learns (encoder_chunks is exact), and how
 # long it goes on (a finished run resumed with a larger train.max_epochs trains the extra epochs)
@@ -64,7 +65,12 @@ def run_settings(cfg: Config, tokenizer_hash: str, data_hash: str) -> dict[str, 
     identities of the tokenizer and the prepared data."""
     flat = {k: v for k, v in flatten(cfg).items() if k.startswith(("model.", "train.")) and k not in RESUME_FREE}
     flat = json.loads(json.dumps(flat, default=list))  # tuples as lists, as they read back from JSON
-    return {**flat, "data.max_history": cfg.data.max_history, "tokenizer": tokenizer_hash, "data": data_hash}
+    # a resumed run compares its validation scores with the checkpoint's best one: they must come from the same
+    # users and beam (eval.valid_users falls back to eval.max_users)
+    validation = {"users": cfg.eval.valid_users or cfg.eval.max_users, "beam_size": cfg.eval.beam_size,
+                  "min_history_view": cfg.eval.min_history_view}
+    return {**flat, "data.max_history": cfg.data.max_history, "tokenizer": tokenizer_hash, "data": data_hash,
+            VALIDATION_KEY: validation}
 
 
 def run_folder(storage: str, run_name: str):
@@ -90,6 +96,8 @@ def check_resume(storage: str, run_name: str, settings: dict[str, Any], log: Cal
     if checkpoints and SETTINGS_FILE in names:
         with filesystem.open_input_stream(f"{folder}/{SETTINGS_FILE}") as fh:
             saved = json.loads(fh.read().decode())
+        if VALIDATION_KEY not in saved:  # recorded before validation settings were: not compared
+            settings = {k: v for k, v in settings.items() if k != VALIDATION_KEY}
         diff = differing_keys(saved, settings)
         if diff:
             shown = ", ".join(f"{k}: {recorded_value(saved, k)!r} then, {recorded_value(settings, k)!r} now"

@@ -123,7 +123,13 @@ class DeepSpeedEngine:
         self.engine.save_checkpoint(str(folder), tag="engine", client_state=client_state)
 
     def load(self, folder: Path) -> dict:
-        _, client_state = self.engine.load_checkpoint(str(folder), tag="engine")
+        missing = (f"no DeepSpeed engine checkpoint (tag 'engine') in {folder}: the checkpoint is incomplete; "
+                   f"delete it (Ray Train then resumes from the one before) or start over")
+        if not any((Path(folder) / "engine").glob("*model_states.pt")):  # DeepSpeed: a bare assert
+            raise RuntimeError(missing)
+        path, client_state = self.engine.load_checkpoint(str(folder), tag="engine")
+        if path is None:  # DeepSpeed warns and returns (None, None): never go on training fresh weights
+            raise RuntimeError(missing)
         return client_state or {}
 
     def state_dict_for_export(self) -> dict[str, torch.Tensor]:

@@ -109,3 +109,24 @@ def test_bf16_export_is_the_fp32_master_not_its_bf16_rounding(one_process_group,
         assert torch.equal(value.to(torch.bfloat16), module[key]), key  # the master rounds to the module's copy
     # and carries more than the bf16 copy: a small Adam step moves the master below bf16 resolution
     assert not torch.equal(weights["lin.weight"], module["lin.weight"].float())
+
+
+def test_a_missing_engine_checkpoint_is_an_error_not_fresh_weights(one_process_group, tmp_path):
+    """DeepSpeed only warns and returns (None, None) when the checkpoint it is asked to load is not there; a resumed
+    worker must stop instead of training on from fresh weights while the loop state says epoch N."""
+    from s2gr_ray.config import TrainConfig
+    from s2gr_ray.training.engine import DeepSpeedEngine
+
+    cfg = TrainConfig(batch_size=2, zero_stage=0, lr=1e-2, warmup_steps=0)
+    engine = DeepSpeedEngine(_Regression(), cfg, world_size=1, total_steps=10, device=torch.device("cpu"))
+    engine.train_step(_batch())
+    engine.save(tmp_path / "ok", {})
+    trained = engine.module.lin.weight.detach().clone()
+    fresh = DeepSpeedEngine(_Regression(), cfg, world_size=1, total_steps=10, device=torch.device("cpu"))
+    with pytest.raises(RuntimeError, match="no DeepSpeed engine checkpoint.*empty"):
+        fresh.load(tmp_path / "empty")
+    (tmp_path / "partial" / "engine").mkdir(parents=True)  # a checkpoint cut short while it was written
+    with pytest.raises(RuntimeError, match="no DeepSpeed engine checkpoint.*partial"):
+        fresh.load(tmp_path / "partial")
+    fresh.load(tmp_path / "ok")
+    assert torch.equal(fresh.module.lin.weight, trained)

@@ -46,6 +46,22 @@ def test_same_settings_or_execution_only_changes_resume(tmp_path):
     assert len(logs) == 1 and "resuming from 1 checkpoint(s)" in logs[0] and "same settings" in logs[0]
 
 
+def test_a_resume_with_other_validation_users_or_beam_is_refused(tmp_path):
+    """The checkpoint's best validation score is compared with the resumed epochs' scores: both must come from the
+    same validation users and beam. eval.valid_users=0 means eval.max_users; the test-only settings are free."""
+    check_resume(str(tmp_path), "r", _settings("eval.valid_users=500"), print)
+    (tmp_path / "r" / "checkpoint_1").mkdir()
+    for changed in ("eval.valid_users=0", "eval.beam_size=10", "eval.min_history_view=5"):
+        with pytest.raises(TrainingError, match="validation"):
+            check_resume(str(tmp_path), "r", _settings(changed), print)
+    # the same 500 users through eval.max_users; test-time settings do not matter
+    check_resume(str(tmp_path), "r", _settings("eval.max_users=500", "eval.batch_size=64"), print)
+    # a record from before validation settings were recorded resumes as before
+    path = tmp_path / "r" / SETTINGS_FILE
+    path.write_text(json.dumps({k: v for k, v in json.loads(path.read_text()).items() if not k.startswith("valid")}))
+    check_resume(str(tmp_path), "r", _settings("eval.beam_size=10"), print)
+
+
 def test_checkpoints_without_recorded_settings_resume_with_a_note(tmp_path):
     (tmp_path / "r" / "checkpoint_1").mkdir(parents=True)
     logs: list[str] = []
