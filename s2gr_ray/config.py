@@ -109,6 +109,8 @@ class TokenizerConfig:
     cooc_window: int = 3
     appnp_alpha: float = 0.2
     appnp_steps: int = 3
+    cooc_self_loops: bool = True  # Â = D^-1/2 (A + I) D^-1/2 (ours); false: D^-1/2 A D^-1/2 (isolated items: zero rows)
+    appnp_include_h0: bool = True  # H_align's sum runs from k = 0, so the raw content X keeps the largest weight (ours)
     # CoBa part 2: uniformity repulsion between code vectors of one level
     uniformity: bool = True
     uniformity_margin: float = 0.25  # δ as a fraction of the level's mean pairwise code distance (balance.py)
@@ -117,6 +119,7 @@ class TokenizerConfig:
     balance: bool = True
     balance_gamma: float = 1e-2  # bias step per optimizer step, in units of the level's mean nearest squared distance
     balance_max_bias: float = 1.0  # same units; tuned on Beauty (benchmarks/tokenizer_bench.py)
+    balance_scale_momentum: float = 0.99  # EMA of s_l, the level's mean nearest squared distance (ours)
     balance_at_assign: bool = True  # final assignment chooses codes with the trained bias too (assign.py)
     # Collisions: append one dedup code so every item has a unique SID
     dedup: bool = True
@@ -346,6 +349,10 @@ RETIRED_KEYS: dict[str, str] = {
 ADDED_KEYS: dict[str, Any] = {
     "train.shuffle": "local",
     "model.infonce_proj": True,
+    # CoBa's "(ours)" choices, fixed before they became keys (their defaults: the hashes of tokenizers stay)
+    "tokenizer.cooc_self_loops": True,
+    "tokenizer.appnp_include_h0": True,
+    "tokenizer.balance_scale_momentum": 0.99,
 }
 
 
@@ -373,7 +380,8 @@ def differing_keys(saved: Mapping[str, Any], now: Mapping[str, Any]) -> list[str
     return sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
 
 
-_UNIT_INTERVAL = {"data.synthetic.stay_probability", "tokenizer.appnp_alpha", "model.dropout"}
+_UNIT_INTERVAL = {"data.synthetic.stay_probability", "tokenizer.appnp_alpha", "tokenizer.balance_scale_momentum",
+                  "model.dropout"}
 
 
 def validate(cfg: Config) -> Config:
@@ -421,6 +429,9 @@ def validate(cfg: Config) -> Config:
     if t.num_coarse > min(t.codebook_sizes):
         raise ConfigError(f"tokenizer.num_coarse = {t.num_coarse} exceeds the smallest codebook "
                           f"({min(t.codebook_sizes)}); coarse clusters group the codes of one level")
+    if not t.appnp_include_h0 and t.appnp_steps == 0:
+        raise ConfigError("tokenizer.appnp_include_h0 = false with tokenizer.appnp_steps = 0 leaves H_align no term; "
+                          "set appnp_steps >= 1 or appnp_include_h0 = true")
     if m.placement == "upfront" and m.think_on_dedup:
         raise ConfigError("model.think_on_dedup applies to stepwise placement only")
     if m.aux_decoder_layers > m.decoder_layers:

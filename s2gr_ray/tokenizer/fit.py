@@ -130,7 +130,7 @@ def _fit(emb: np.ndarray, train_sequences: Sequence[np.ndarray], cfg: TokenizerC
     target = x
     if use_cooc:
         target, stats = smooth_embeddings(x, train_sequences, cfg.cooc_window, cfg.appnp_alpha, cfg.appnp_steps,
-                                          device)
+                                          device, cfg.cooc_self_loops, cfg.appnp_include_h0)
         extra.update(stats)
         log(f"tokenizer: co-occurrence graph {stats['graph_edges']} edges, {stats['graph_isolated_items']} "
             f"isolated items; APPNP K={cfg.appnp_steps} alpha={cfg.appnp_alpha}")

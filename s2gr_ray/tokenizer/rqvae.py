@@ -106,7 +106,8 @@ def train_rqvae(x: torch.Tensor, target: torch.Tensor, cfg, *, use_balance: bool
     model = RQVAE(x.shape[1], [int(h) for h in cfg.hidden_dims], cfg.latent_dim, sizes).to(x.device)
     if cfg.kmeans_init:
         kmeans_init_codebooks(model, x, cfg.seed, cfg.kmeans_max_points)
-    balance = BalanceBias(sizes, cfg.balance_gamma, cfg.balance_max_bias, x.device) if use_balance else None
+    balance = (BalanceBias(sizes, cfg.balance_gamma, cfg.balance_max_bias, x.device, cfg.balance_scale_momentum)
+               if use_balance else None)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     n, bs = x.shape[0], min(int(cfg.batch_size), x.shape[0])

@@ -51,3 +51,26 @@ def test_balancing_moves_usage_towards_uniform():
         tok = fit_tokenizer(x, [], dataclasses.replace(base, balance=on), log=lambda s: None)
         ent[on] = perplexity(usage_counts(tok.sids[:, 0], 16))
     assert ent[True] > ent[False] * 1.15, ent
+
+
+def test_the_scale_momentum_sets_how_fast_s_l_follows_the_distances():
+    """tokenizer.balance_scale_momentum (the EMA of s_l, ours): 0 follows the last batch, 0.99 barely moves."""
+    for momentum, expected in ((0.0, 3.0), (0.5, 2.0), (0.99, 1.02)):
+        b = BalanceBias([4], gamma=0.1, max_bias=1.0, momentum=momentum)
+        b.observe_scale(0, torch.ones(8))  # the first batch sets s_l
+        b.observe_scale(0, 3 * torch.ones(8))
+        assert abs(float(b.scale[0]) - expected) < 1e-6, momentum
+
+
+def test_new_tokenizer_keys_at_their_defaults_keep_the_tokenizer_hash():
+    """The three CoBa "(ours)" keys were fixed choices before they were keys: at their defaults the tokenizer
+    section hashes as before (cached tokenizers stay valid); another value is another tokenizer."""
+    from s2gr_ray.config import load_config
+
+    base = load_config(None, [])
+    same = load_config(None, ["tokenizer.cooc_self_loops=true", "tokenizer.appnp_include_h0=true",
+                              "tokenizer.balance_scale_momentum=0.99"])
+    assert same.section_hash("tokenizer") == base.section_hash("tokenizer")
+    for other in ("tokenizer.cooc_self_loops=false", "tokenizer.appnp_include_h0=false",
+                  "tokenizer.balance_scale_momentum=0.9"):
+        assert load_config(None, [other]).section_hash("tokenizer") != base.section_hash("tokenizer"), other

@@ -54,3 +54,29 @@ def test_no_sequences_leaves_content_unchanged():
     x = np.random.default_rng(0).normal(size=(5, 3)).astype(np.float32)
     h, stats = smooth_embeddings(x, [], 3, 0.2, 3)
     assert np.allclose(h.numpy(), x, atol=1e-6) and stats["graph_isolated_items"] == 5
+
+
+def test_the_ours_choices_can_be_switched_off_against_hand_computation():
+    """tokenizer.cooc_self_loops = false: Â = D^-1/2 A D^-1/2 (an isolated item's row is zero, its H_k = α·X);
+    tokenizer.appnp_include_h0 = false: H_align = Σ_{k=1..K} β_k H_k with those β renormalised."""
+    seqs = [np.array([1, 2, 3])]
+    x = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [2.0, -1.0]], dtype=np.float32)
+    alpha, steps = 0.2, 2
+    a = np.array([[0, 1, 0, 0], [1, 0, 1, 0], [0, 1, 0, 0], [0, 0, 0, 0]], dtype=float)
+    d = a.sum(1)
+    inv = np.where(d > 0, 1 / np.sqrt(np.maximum(d, 1e-12)), 0.0)
+    a_hat = a * np.outer(inv, inv)
+    h1 = (1 - alpha) * a_hat @ x + alpha * x
+    h2 = (1 - alpha) * a_hat @ h1 + alpha * x
+    beta = np.array([alpha * (1 - alpha), alpha * (1 - alpha) ** 2])
+    beta /= beta.sum()
+    adj = normalized_adjacency(*cooccurrence_pairs(seqs, 4, 1), 4, self_loops=False)
+    assert np.allclose(adj.to_dense().numpy(), a_hat, atol=1e-6) and np.isfinite(adj.to_dense().numpy()).all()
+    h, stats = smooth_embeddings(x, seqs, 1, alpha, steps, self_loops=False, include_h0=False)
+    assert np.allclose(h.numpy(), beta[0] * h1 + beta[1] * h2, atol=1e-5)
+    assert stats["appnp_beta"][0] == 0.0 and abs(sum(stats["appnp_beta"]) - 1) < 1e-6
+    assert np.allclose(h.numpy()[3], alpha * x[3], atol=1e-6)  # isolated, no self-loop, no H0: only the α·X term
+    # the defaults are the hand computation of the test above
+    assert np.allclose(smooth_embeddings(x, seqs, 1, alpha, steps)[0].numpy(),
+                       appnp_smooth(torch.from_numpy(x), normalized_adjacency(*cooccurrence_pairs(seqs, 4, 1), 4),
+                                    alpha, steps).numpy())
