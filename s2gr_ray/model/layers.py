@@ -122,9 +122,23 @@ class Attention(nn.Module):
         p = self.dropout if self.training else 0.0
         if q_in.size(1) <= FEW_QUERIES:  # the thinking chain's short steps: see _attend_few
             out = self._attend_few(q, k, v, mask, p)
+        elif p > 0 and q.device.type == "cpu":  # training on CPU: see _attend_dropped
+            out = self._attend_dropped(q, k, v, mask, p)
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
         return self.o(out.transpose(1, 2).reshape(q_in.size(0), q_in.size(1), self.h * self.e))
+
+    def _attend_dropped(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, p: float) -> Tensor:
+        """Attention with dropout on the weights, on CPU: q [N, H, n, E] vs k/v [N, H, S, E] -> [N, H, n, E].
+
+        With dropout_p > 0 scaled_dot_product_attention falls back to its math path on CPU, which draws the weights'
+        mask per element (aten::bernoulli_) and scans every row for -inf (aten::all, isneginf): ~6% of a TIGER-size
+        training step with one token per SID code. The same math with `dropout`'s 8-bit mask, and a finite fill for
+        masked keys (a row whose keys are all masked attends uniformly instead of giving NaN)."""
+        scores = torch.matmul(q, k.transpose(-1, -2)) * self.e ** -0.5  # [N, H, n, S]
+        if mask is not None:
+            scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+        return torch.matmul(dropout(scores.softmax(-1), p, training=True), v)
 
     def _attend_few(self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, p: float) -> Tensor:
         """Attention of a few queries per row, q [N, H, n, E] vs k/v [N, H, S, E] -> [N, H, n, E].

@@ -127,3 +127,35 @@ def test_cpu_dropout_keeps_the_expectation_and_masks_gradients():
     c = dropout(x, 0.3, True)
     torch.manual_seed(5)
     assert torch.equal(c, dropout(x, 0.3, True))  # reproducible under the torch seed
+
+
+def test_cpu_training_attention_is_sdpa_with_the_cpu_dropout(monkeypatch):
+    """Many-query attention in training on CPU (the encoder) runs its own math with `dropout` on the weights: with
+    that dropout as the identity it equals the fused kernel in values and gradients; with it on, every weight row
+    keeps its expectation; a row whose keys are all masked stays finite."""
+    from s2gr_ray.model import layers
+
+    torch.manual_seed(0)
+    att = Attention(16, 3, 8, dropout=0.1)
+    memory, mask = _masked_memory()
+    q_in = torch.randn(5, 6, 16, requires_grad=True)
+    k, v = att.project_kv(memory)
+    calls = []
+    monkeypatch.setattr(layers, "dropout", lambda x, p, training: calls.append(p) or x)
+    fast = att.attend(q_in, k, v, mask[:, None, None, :])
+    assert calls == [0.1]  # the dropped path ran
+    ref = _reference_attend(att, q_in, k, v, mask[:, None, None, :])
+    assert torch.allclose(fast, ref, atol=1e-5)
+    params = (q_in, memory, att.q.weight, att.k.weight)
+    for a, b in zip(torch.autograd.grad(fast.square().sum(), params, retain_graph=True),
+                    torch.autograd.grad(ref.square().sum(), params)):
+        assert torch.allclose(a, b, atol=1e-5)
+    monkeypatch.undo()
+    # with the real dropout: the mean over many draws approaches the undropped output
+    with torch.no_grad():
+        mean = torch.stack([att.attend(q_in, k, v, mask[:, None, None, :]) for _ in range(400)]).mean(0)
+        assert (mean - ref).abs().max() < 0.05 * ref.abs().max()
+        none = torch.zeros_like(mask)
+        assert torch.isfinite(att.attend(q_in, k, v, none[:, None, None, :])).all()
+    att.eval()  # evaluation keeps the fused kernel
+    assert torch.allclose(att.attend(q_in, k, v, mask[:, None, None, :]), ref, atol=1e-5)
