@@ -429,7 +429,7 @@ def validate(cfg: Config) -> Config:
     if t.num_coarse > min(t.codebook_sizes):
         raise ConfigError(f"tokenizer.num_coarse = {t.num_coarse} exceeds the smallest codebook "
                           f"({min(t.codebook_sizes)}); coarse clusters group the codes of one level")
-    if not t.appnp_include_h0 and t.appnp_steps == 0:
+    if t.cooccurrence and not t.appnp_include_h0 and t.appnp_steps == 0:
         raise ConfigError("tokenizer.appnp_include_h0 = false with tokenizer.appnp_steps = 0 leaves H_align no term; "
                           "set appnp_steps >= 1 or appnp_include_h0 = true")
     if m.placement == "upfront" and m.think_on_dedup:

@@ -208,7 +208,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         t_warm, seen_warm = t0, 0  # throughput after the first WARM_STEPS (pipeline start-up excluded)
         assert stream is not None  # the loop condition holds exactly when a stream was started for this epoch
         for i, batch in enumerate(stream):
-            if cfg.train.max_steps_per_epoch and i >= cfg.train.max_steps_per_epoch * cfg.train.grad_accum_steps:
+            # an epoch is steps_per_epoch whole optimizer steps: with train.grad_accum_steps > 1 the last < accum
+            # micro-batches of a shard are left out, so no accumulation spans two epochs (an epoch checkpoint never
+            # holds half-accumulated gradients, which a resume would drop) and the LR schedule's length holds
+            if i >= steps_per_epoch * cfg.train.grad_accum_steps:
                 break
             if record_dir:
                 with open(Path(record_dir) / f"rank{rank}.txt", "a") as fh:

@@ -77,6 +77,14 @@ def test_hidden_dims_may_be_empty():
     assert load_config(None, ["tokenizer.hidden_dims=[]"]).tokenizer.hidden_dims == ()
 
 
+def test_appnp_without_h0_needs_a_step_only_when_smoothing_is_on():
+    off = ["tokenizer.appnp_include_h0=false", "tokenizer.appnp_steps=0"]
+    with pytest.raises(ConfigError, match="leaves H_align no term"):
+        load_config(None, off)
+    # without co-occurrence smoothing there is no H_align: the pair is unused, not an error
+    assert not load_config(None, [*off, "tokenizer.cooccurrence=false"]).tokenizer.cooccurrence
+
+
 # ------------------------------------------------------------------------------------------ CLI paths
 def _cli(argv, capsys):
     code = main(argv)

@@ -193,3 +193,19 @@ def test_bad_inputs_fail_before_training(base_run, tmp_path):
         train(run2, "data.max_history=5")
     for r in (run, run2):  # refused before Ray Train started: no checkpoints, no model
         assert not (r / "model").exists() and not list((r / "train").glob("*/checkpoint_*"))
+
+
+def test_gradient_accumulation_ends_each_epoch_on_a_whole_step(base_run, tmp_path, monkeypatch):
+    """With train.grad_accum_steps > 1 an epoch is train_rows // batch_size whole optimizer steps: the shard's last
+    micro-batches that cannot fill an accumulation are left out, so no accumulation spans two epochs (an epoch
+    checkpoint never holds half-accumulated gradients) and the LR schedule sees the steps it was built for."""
+    run = fresh_run(base_run, tmp_path)
+    rows = tmp_path / "rows"
+    rows.mkdir()
+    monkeypatch.setenv("S2GR_TEST_RECORD_ROWS", str(rows))
+    train_rows = json.loads((run / "manifest.json").read_text())["splits"]["train"]
+    per_epoch = train_rows // 32
+    assert (train_rows // 8) % 4 != 0  # the data leaves a partial accumulation at the end of each epoch
+    out = train(run, "train.grad_accum_steps=4", "train.max_epochs=2", "train.run_name=accum")
+    assert out["train"]["steps"] == 2 * per_epoch
+    assert len((rows / "rank0.txt").read_text().splitlines()) == 2 * per_epoch * 32
