@@ -109,11 +109,15 @@ def best_row(rows: list[dict[str, Any]], spec: SweepSpec) -> dict[str, Any] | No
 
 
 def write_best(row: dict[str, Any], spec: SweepSpec, out: Path) -> Path:
-    """OUT/best.yaml: the full config of the best trial, a preset `s2gr train` / `s2gr run` accept."""
+    """OUT/best.yaml: the full config of the best trial, a preset `s2gr train` / `s2gr run` accept. Under a
+    train.storage_path (shared by the sweep) its train.run_name gains `_best_TRIAL`: training it starts fresh, neither
+    resuming nor refused by the checkpoints of a base run of that name."""
     cfg = trial_config(spec.base, row["params"])
     data_path = cfg.data.path
     if data_path and "://" not in data_path and not Path(data_path).is_absolute() and Path(data_path).exists():
         cfg = cfg.replace(**{"data.path": str(Path(data_path).resolve())})  # usable from any directory
+    if cfg.train.storage_path:  # a shared storage: its own run name, not the base's (nor a trial's) checkpoints
+        cfg = cfg.replace(**{"train.run_name": f"{cfg.train.run_name}_best_{row['trial_id']}"})
     params = ", ".join(f"{k}={_fmt(v)}" for k, v in row["params"].items())
     test = ", ".join(f"{k}={v:.4f}" for k, v in sorted(row["test"].items()) if "@" in k)
     header = [f"# Best trial {row['trial_id']} of the sweep in {out} ({spec.path.name}, "

@@ -1,6 +1,7 @@
 """⑨ Search-space files and sweep results without Ray: validation fails before any trial, tables, best.yaml."""
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 from types import SimpleNamespace
@@ -185,6 +186,12 @@ def test_table_statuses_and_best_yaml_round_trip(tmp_path):
     assert cfg == trial_config(spec.base, best["params"])
     assert cfg.tokenizer.codebook_sizes == (16, 16) and cfg.model.n_think == 2
     assert (tmp_path / "best.yaml").read_text().startswith("# Best trial b")
+    # under a shared storage path the best config trains under its own run name
+    shared = dataclasses.replace(spec, base=spec.base.replace(**{"train.storage_path": "s3://bucket/sweeps"}))
+    (tmp_path / "shared_best").mkdir()
+    cfg = load_config(write_best(best, shared, tmp_path / "shared_best"))
+    assert cfg.train.run_name == f"{spec.base.train.run_name}_best_b"
+    assert cfg.train.storage_path == "s3://bucket/sweeps"
 
 
 def test_searcher_grid_and_forced_points_without_a_cluster(tmp_path):
