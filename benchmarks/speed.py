@@ -10,6 +10,8 @@ Writes benchmarks/results/speed.{md,csv} and prints the table. Sections:
            (2+2, d 64), S²GR (n_think 1) and TIGER (n_think 0), history_tokens code / item, fp32 and bf16 autocast;
            counted FLOPs per sample, the S²GR / TIGER FLOP ratio beside the time ratio, achieved GFLOP/s;
            also torch.compile'd (train.compile) item-token rows and their compile time (--no-compile skips them)
+  attention (CPU, not in the default list) the training attention path with dropout, the project's own math vs
+           scaled_dot_product_attention's CPU fallback, TIGER and S²GR at TIGER size, code tokens
   decode   constrained beam search users/s at beam 20, TIGER size, S²GR vs TIGER, 12,101-item catalog, with the
            FLOP ratio; the same pair with 100-item histories (--long-history: the encoder-dominated regime)
   beauty   the train and decode rows on Beauty's own history lengths: batches padded to their longest row, the
@@ -202,6 +204,49 @@ def _bench_compiled(args, device, label: str, size: dict, tokens: str, precision
     record("train", f"{label} tokens={tokens} {precision} compiled S2GR/TIGER time per epoch",
            compiled["TIGER"] / compiled["S2GR"], "ratio", "both compiled, timed in alternating rounds")
     torch._dynamo.reset()
+
+
+def bench_attention(args, device) -> None:
+    """The CPU training attention path (layers.Attention._attend_dropped: the project's math with its 8-bit dropout
+    mask) against scaled_dot_product_attention with dropout_p, whose CPU fallback draws a per-element bernoulli mask;
+    TIGER and S²GR at TIGER size, code tokens, all four models timed in alternating rounds in one process."""
+    import types
+
+    import torch.nn.functional as F
+
+    from s2gr_ray.model.layers import Attention
+
+    if device.type != "cpu" or not hasattr(Attention, "_attend_dropped"):
+        log("attention: CPU only, and only for a checkout with Attention._attend_dropped; skipped")
+        return
+
+    def sdpa(self, q, k, v, mask, p):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+
+    sids, sizes = random_catalog(12101, SEM, dedup=True, seed=0)
+    models = {}
+    for arm, n_think in (("TIGER", 0), ("S2GR", 1)):
+        for path in ("sdpa", "own"):
+            torch.manual_seed(0)
+            m = make_model(TIGER, n_think, sizes, device, history_tokens="code")
+            if path == "sdpa":  # this model's attention modules take the fused kernel's dropout instead
+                for mod in m.modules():
+                    if isinstance(mod, Attention):
+                        mod._attend_dropped = types.MethodType(sdpa, mod)
+            models[f"{arm} {path}"] = m
+    batches = [batch_for(sids, args.batch, 20, s, device) for s in range(3)]
+    steps = max(args.steps, 8)
+    rates = _interleaved_train_rates(models, batches, steps, "fp32", device)
+    note = f"TIGER size, code tokens, fp32, batch {args.batch}, {steps} steps in {ROUNDS} rounds alternating over " \
+           "4 models"
+    for name, rate in rates.items():
+        record("attention", f"{name} attention with dropout", rate, "samples/s", note)
+    for arm in ("TIGER", "S2GR"):
+        record("attention", f"{arm} own / sdpa dropout attention", rates[f"{arm} own"] / rates[f"{arm} sdpa"],
+               "ratio", "speed-up of the CPU training path")
+    for path in ("sdpa", "own"):
+        record("attention", f"S2GR/TIGER time per epoch, {path} attention", rates[f"TIGER {path}"] /
+               rates[f"S2GR {path}"], "ratio", "paper: 59 h / 45 h = 1.31")
 
 
 def bench_decode(args, device) -> None:
@@ -618,7 +663,7 @@ def write_results(args) -> None:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sections", nargs="+", default=["train", "beauty", "decode", "catalog", "ray", "memory"],
-                   choices=["train", "beauty", "decode", "catalog", "ray", "memory"])
+                   choices=["train", "attention", "beauty", "decode", "catalog", "ray", "memory"])
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--tokens", nargs="+", default=["code", "item"], choices=["code", "item"],
                    help="history_tokens layouts of the train section (compiled rows: item, else the first)")
