@@ -258,17 +258,18 @@ def prepare_stage(cfg: Config, run: Path, log: Callable[[str], None] = print) ->
     return manifest
 
 
-def input_fingerprint(paths, d) -> dict[str, list[int]]:
-    """{file: [size, mtime_ns]} of the files a reader read (``RawDataset.files``; a folder of parts: every file in
-    it), keyed relative to data.path's folder (absolute outside it): a prepared run is stale when one of them
-    changed since (`stale_inputs`). Other files beside the dataset (a README, a run folder) do not count."""
+def input_fingerprint(paths, d, hashed: bool = True) -> dict[str, list]:
+    """{file: [size, mtime_ns, sha256 prefix]} of the files a reader read (``RawDataset.files``; a folder of parts:
+    every file in it), keyed relative to data.path's folder (absolute outside it): a prepared run is stale when one
+    of them changed since (`stale_inputs`). Other files beside the dataset (a README, a run folder) do not count.
+    ``hashed=False`` leaves the content hash out (`stale_inputs` hashes only the files whose time changed)."""
     root = _data_root(d)
     out = {}
     for path in map(Path, paths):
         files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path] if path.exists() else []
         for f in files:
             st = f.stat()
-            out[_input_key(f, root)] = [st.st_size, st.st_mtime_ns]
+            out[_input_key(f, root)] = [st.st_size, st.st_mtime_ns] + ([artifacts.file_hash(f)] if hashed else [])
     return out
 
 
@@ -308,20 +309,33 @@ def _tree_fingerprint(d) -> dict[str, list[int]]:
 
 def stale_inputs(manifest: dict, d) -> str | None:
     """Why the prepared data no longer matches the dataset files (None when it does, or when the manifest
-    predates input fingerprints)."""
+    predates input fingerprints). A file with its recorded size and content but another modification time (the
+    dataset copied, unpacked or checked out again) is unchanged; manifests without content hashes compare times."""
     saved = manifest.get("inputs")
     if saved is None:
         return None
     paths = manifest.get("input_paths")
     root = _data_root(d)
     now = _tree_fingerprint(d) if paths is None else \
-        input_fingerprint([p if Path(p).is_absolute() or root is None else root / p for p in paths], d)
-    changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+        input_fingerprint([p if Path(p).is_absolute() or root is None else root / p for p in paths], d, hashed=False)
+    changed = sorted(k for k in set(saved) | set(now) if not _same_file(saved.get(k), now.get(k), k, root))
     if not changed:
         return None
     what = ", ".join(f"{k} ({'added' if k not in saved else 'removed' if k not in now else 'modified'})"
                      for k in changed[:3])
     return f"built from dataset files that changed since: {what}{', ...' if len(changed) > 3 else ''}"
+
+
+def _same_file(saved: list | None, now: list | None, key: str, root: Path | None) -> bool:
+    """Whether input ``key`` (recorded as ``saved``, [size, mtime_ns(, content hash)]) still is what it was."""
+    if saved is None or now is None or saved[0] != now[0]:
+        return saved is None and now is None
+    if saved[1] == now[1]:
+        return True
+    if len(saved) < 3:
+        return False
+    path = Path(key) if Path(key).is_absolute() or root is None else root / key
+    return artifacts.file_hash(path) == saved[2]
 
 
 def _remove(path: Path) -> None:

@@ -43,6 +43,32 @@ def test_a_dataset_file_edited_after_prepare_makes_the_prepared_data_stale(tmp_p
     assert reason and "changed since" in reason and "sequences.txt (modified)" in reason
 
 
+def test_a_dataset_copied_again_with_new_times_is_not_stale_but_an_edit_of_the_same_size_is(tmp_path):
+    """Copying, unpacking or checking out the dataset again gives its files new modification times: the content
+    hash recorded at prepare keeps the prepared data (and every tokenizer and run built on it) current. An edit
+    that keeps the size is still caught; a manifest without content hashes still compares times."""
+    root = _dataset(tmp_path / "ds", ["u1 i1 i2 i3 i4", "u2 i2 i3 i4 i1"])
+    cfg, run = _cfg(root), tmp_path / "run"
+    manifest = prepare_stage(cfg, run, log=lambda m: None)
+    assert all(len(v) == 3 for v in manifest["inputs"].values())
+    seq = root / "sequences.txt"
+    later = seq.stat().st_mtime_ns + 10**9
+    for f in root.iterdir():  # the same bytes, written again
+        f.write_bytes(f.read_bytes())
+        os.utime(f, ns=(later, later))
+    assert artifact_mismatch("prepare", cfg, run) is None
+    seq.write_text(seq.read_text().replace("u2 i2 i3 i4 i1", "u2 i1 i4 i3 i2"))  # same size, other order
+    os.utime(seq, ns=(later + 10**9, later + 10**9))
+    assert "sequences.txt (modified)" in artifact_mismatch("prepare", cfg, run)
+    path = run / "manifest.json"
+    old = json.loads(path.read_text())
+    old["inputs"] = {k: v[:2] for k, v in old["inputs"].items()}
+    path.write_text(json.dumps(old))
+    seq.write_text("u1 i1 i2 i3 i4\nu2 i2 i3 i4 i1\n")  # the original bytes again, at a new time
+    os.utime(seq, ns=(later + 2 * 10**9, later + 2 * 10**9))
+    assert "sequences.txt (modified)" in artifact_mismatch("prepare", cfg, run)
+
+
 def test_only_the_files_read_count_towards_staleness(tmp_path):
     """The fingerprint covers the files the reader read: not a README beside them or a run folder inside data.path,
     but the items file also when data.path names the sequences file."""
