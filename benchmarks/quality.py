@@ -19,14 +19,15 @@ import math
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
+from provenance import commit as _git_commit  # noqa: E402
 from s2gr_ray.config import flatten, load_config, recorded_value  # noqa: E402
 
 ARMS: dict[str, list[str]] = {
@@ -87,7 +88,7 @@ def run_arm(arm: str, seed: int, args, base: Path, work: Path) -> dict:
     t0 = time.time()
     metrics = train_stage(cfg, run, log=log)
     # written once the arm's metrics.json is: the settings (and commit) those metrics were trained with
-    (run / ARM_SETTINGS).write_text(json.dumps({**settings, COMMIT_KEY: _commit()}, indent=1, sort_keys=True,
+    (run / ARM_SETTINGS).write_text(json.dumps({**settings, COMMIT_KEY: _git_commit(REPO)}, indent=1, sort_keys=True,
                                                default=list))
     log(f"{arm} seed {seed}: test {json.dumps({k: round(metrics['test'][k], 4) for k in METRICS})} "
         f"({time.time() - t0:.0f}s)")
@@ -372,7 +373,7 @@ def write(rows: list[dict], args) -> None:
         w = csv.DictWriter(fh, fieldnames=fields, restval="")
         w.writeheader()
         w.writerows(rows)
-    commit = _commit()
+    commit = _git_commit(REPO)
     commits = ", ".join(sorted({str(r["commit"]) for r in rows if r.get("commit")}))
     machine = f"{os.cpu_count()} CPU cores, " + (_gpu_name() or "no GPU")
     header = [f"# Quality benchmark ({args.scale} scale{', ' + args.tag.strip('_') if args.tag else ''})", "",
@@ -383,11 +384,6 @@ def write(rows: list[dict], args) -> None:
               "- test split, full ranking through trie-constrained beam search; `_hist10` = users with >= 10 history "
               "items (the paper's view)", ""]
     (args.results / f"quality_{args.scale}{args.tag}.md").write_text("\n".join(header + summarize(rows)) + "\n")
-
-
-def _commit() -> str:
-    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                          text=True).stdout.strip() or os.environ.get("S2GR_COMMIT", "unknown")  # copy without .git
 
 
 def _gpu_name() -> str:

@@ -30,7 +30,6 @@ import argparse
 import copy
 import csv
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -46,7 +45,9 @@ REPO = Path(__file__).resolve().parents[1]
 # --code DIR measures another checkout's s2gr_ray with this script (before/after comparisons on one machine)
 _code = sys.argv[sys.argv.index("--code") + 1] if "--code" in sys.argv else str(REPO)
 sys.path.insert(0, _code)
+sys.path.insert(1, str(REPO / "benchmarks"))
 
+from provenance import commit as _git_commit  # noqa: E402
 from s2gr_ray.config import ModelConfig  # noqa: E402
 from s2gr_ray.evaluation.beam_search import constrained_beam_search  # noqa: E402
 from s2gr_ray.evaluation.trie import PrefixTrie  # noqa: E402
@@ -627,11 +628,6 @@ def _write_tokenizer(run: Path, sids, sizes, cfg) -> None:
                              num_items=len(sids), level_sizes=list(sizes))
 
 
-def _commit(folder) -> str:
-    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=folder, capture_output=True,
-                          text=True).stdout.strip() or os.environ.get("S2GR_COMMIT", "unknown")  # copy without .git
-
-
 def _sync(device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -647,13 +643,14 @@ def write_results(args) -> None:
         w = csv.DictWriter(fh, fieldnames=list(ROWS[0]))
         w.writeheader()
         w.writerows(ROWS)
-    commit = _commit(REPO)
+    commit = _git_commit(REPO)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {os.cpu_count()} cores"
     lines = ["# Speed benchmark", "", f"- date {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, commit {commit}, "
              f"device: {device}, torch threads {torch.get_num_threads()}, "
              f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')} (as in a Ray worker)",
              f"- command: `python benchmarks/speed.py {' '.join(sys.argv[1:])}`"
-             + (f" (s2gr_ray from {args.code} at commit {_commit(args.code)})" if args.code != str(REPO) else ""), "",
+             + (f" (s2gr_ray from {args.code} at commit {_git_commit(args.code)})" if args.code != str(REPO) else ""),
+             "",
              "| section | measure | value | unit | note |", "|---|---|---:|---|---|"]
     lines += [f"| {r['section']} | {r['measure']} | {r['value']:.2f} | {r['unit']} | {r['note']} |" for r in ROWS]
     (out / f"speed{args.tag}.md").write_text("\n".join(lines) + "\n")
