@@ -2,22 +2,11 @@
 the benchmark itself does not count). A temporary git repository; no Ray."""
 from __future__ import annotations
 
-import importlib.util
 import subprocess
-from pathlib import Path
-
-REPO = Path(__file__).resolve().parents[2]
 
 
-def _provenance():
-    spec = importlib.util.spec_from_file_location("provenance", REPO / "benchmarks" / "provenance.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_the_commit_is_marked_dirty_only_by_changed_code(tmp_path, monkeypatch):
-    commit = _provenance().commit
+def test_the_commit_is_marked_dirty_only_by_changed_code(tmp_path, monkeypatch, load_script):
+    commit = load_script("provenance").commit
     monkeypatch.delenv("S2GR_COMMIT", raising=False)
     assert commit(tmp_path) == "unknown"  # a copy without .git
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@t", "-C", str(tmp_path)]

@@ -2,7 +2,6 @@
 without the raw data."""
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -13,19 +12,12 @@ from s2gr_ray.config import load_config
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _quality():
-    spec = importlib.util.spec_from_file_location("quality_bench", REPO / "benchmarks" / "quality.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def _settings(q, *overrides):
     return q.arm_settings(load_config(REPO / "configs" / "beauty.yaml", list(overrides)))
 
 
-def test_reuse_refuses_other_training_settings_and_ignores_speed_only_keys(tmp_path):
-    q = _quality()
+def test_reuse_refuses_other_training_settings_and_ignores_speed_only_keys(tmp_path, load_script):
+    q = load_script("quality")
     run = tmp_path / "s2gr_s0"
     run.mkdir()
     (run / q.ARM_SETTINGS).write_text(json.dumps(_settings(q, "train.max_epochs=12"), default=list))
@@ -34,8 +26,8 @@ def test_reuse_refuses_other_training_settings_and_ignores_speed_only_keys(tmp_p
         q.check_same_settings(run, _settings(q, "train.max_epochs=20"))
 
 
-def test_prepared_base_needs_no_raw_data_and_the_message_says_what_to_set(tmp_path):
-    q = _quality()
+def test_prepared_base_needs_no_raw_data_and_the_message_says_what_to_set(tmp_path, load_script):
+    q = load_script("quality")
     base, data = tmp_path / "work" / "base_paper", tmp_path / "beauty"
     problem = q.missing_data(base, data)
     assert str(data) in problem and "S2GR_BEAUTY_PATH" in problem
@@ -54,8 +46,8 @@ def _args(tmp_path, *overrides):
                              "overrides": list(overrides)})()
 
 
-def test_new_runs_extend_an_earlier_results_csv_instead_of_replacing_it(tmp_path):
-    q = _quality()
+def test_new_runs_extend_an_earlier_results_csv_instead_of_replacing_it(tmp_path, load_script):
+    q = load_script("quality")
     args = _args(tmp_path)
     csv_path = tmp_path / "quality_cpu.csv"
     metrics = {"recall@5": 0.02, "ndcg@5": 0.01, "recall@10": 0.03, "ndcg@10": 0.015,
@@ -82,10 +74,10 @@ def test_new_runs_extend_an_earlier_results_csv_instead_of_replacing_it(tmp_path
         q.with_earlier_rows(fresh, csv_path, args)
 
 
-def test_finished_runs_of_other_settings_stay_out_of_the_table(tmp_path):
+def test_finished_runs_of_other_settings_stay_out_of_the_table(tmp_path, load_script):
     """A work folder holding tiger seed 0 at the default lr and seed 1 at another lr: one table row never mixes them,
     and a gain line without a seed common to both arms does not crash the summary."""
-    q = _quality()
+    q = load_script("quality")
     args = _args(tmp_path)
     metrics = {"test": {"recall@5": 0.02, "ndcg@5": 0.01, "recall@10": 0.03, "ndcg@10": 0.015, "count": 100},
                "valid": {"ndcg@10": 0.02}, "train": {"best_epoch": 3, "epochs": 5}, "history": []}
@@ -103,10 +95,10 @@ def test_finished_runs_of_other_settings_stay_out_of_the_table(tmp_path):
 
 
 @pytest.mark.parametrize("remote", [False, True])
-def test_force_forgets_the_metrics_and_the_checkpoints_local_or_at_a_uri(tmp_path, remote):
+def test_force_forgets_the_metrics_and_the_checkpoints_local_or_at_a_uri(tmp_path, remote, load_script):
     """--force must not leave old metrics under new settings, nor checkpoints Ray Train would resume; a
     train.storage_path URI (file:// here, s3:// on a cluster) is cleared through pyarrow's filesystem."""
-    q = _quality()
+    q = load_script("quality")
     run = tmp_path / "s2gr_s0"
     storage = tmp_path / "ckpt"
     overrides = ["train.run_name=s2gr_s0"] + ([f"train.storage_path=file://{storage}"] if remote else [])
@@ -127,10 +119,10 @@ def test_force_forgets_the_metrics_and_the_checkpoints_local_or_at_a_uri(tmp_pat
     q.forget_arm(cfg, run, lines.append)  # nothing left to remove: no error
 
 
-def test_rows_recorded_before_a_key_was_added_keep_their_settings_key():
+def test_rows_recorded_before_a_key_was_added_keep_their_settings_key(load_script):
     """Rows of arms trained before train.shuffle existed (their settings lack it) stay in one table row with new
     runs at the old behaviour (local), and apart from train.shuffle=global runs."""
-    q = _quality()
+    q = load_script("quality")
     now = _settings(q)
     old = json.loads(json.dumps({k: v for k, v in now.items() if k != "train.shuffle"}, default=list))  # as saved
     assert q.settings_key(old) == q.settings_key(now)
