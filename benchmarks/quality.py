@@ -3,6 +3,7 @@
     python benchmarks/quality.py --scale cpu                      # all arms, 1 seed, CPU-scale preset
     python benchmarks/quality.py --scale cpu --arms tiger s2gr --seeds 0 1 2
     python benchmarks/quality.py --scale paper --data /data/amazon-beauty   # GPU preset (configs/beauty_paper.yaml)
+    python benchmarks/quality.py --table-only --tag _all --rows-from A.csv --rows-from B.csv  # one table, no training
 
 Every arm runs the real pipeline (tokenize → Ray Train with DeepSpeed → constrained beam search) on one shared
 prepare + embed of the dataset; tokenizers are shared between arms with the same tokenizer config. Each arm trains
@@ -261,8 +262,27 @@ def main() -> int:
                    "(use a separate --work folder when the overrides change the training)")
     p.add_argument("--drop-earlier", action="store_true", help="write only this work folder's runs; by default the "
                    "rows of an existing results CSV for arms and seeds the work folder lacks are kept")
+    p.add_argument("--rows-from", action="append", type=Path, default=[], metavar="CSV", help="also keep the rows "
+                   "of this results CSV (repeatable; after the work folder's runs and the tag's own CSV; same "
+                   "settings rule)")
+    p.add_argument("--table-only", action="store_true", help="train nothing: write the table from the work "
+                   "folder's finished runs and the kept CSV rows (no dataset needed)")
     p.add_argument("overrides", nargs="*", help="key=value applied to every arm (e.g. train.max_epochs=10)")
     args = p.parse_args()
+    for path in args.rows_from:
+        if not path.is_file():
+            print(f"--rows-from {path}: no such results CSV", file=sys.stderr)
+            return 2
+    if args.table_only:
+        rows = [r for r in table_rows(args) if r["arm"] in args.arms]
+        if not rows:
+            print(f"--table-only: no finished runs in {args.work} and no kept CSV rows for arms "
+                  f"{' '.join(args.arms)} under these settings", file=sys.stderr)
+            return 2
+        args.results.mkdir(parents=True, exist_ok=True)
+        write(rows, args)
+        print("\n".join(summarize(rows)))
+        return 0
     base = args.work / f"base_{args.scale}"
     problem = missing_data(base, Path(args.data))
     if problem:
@@ -288,9 +308,7 @@ def main() -> int:
     for seed in args.seeds:
         for arm in args.arms:
             run_arm(arm, seed, args, base, args.work)
-            rows = finished_rows(args.work, args)
-            if not args.drop_earlier:
-                rows = with_earlier_rows(rows, args.results / f"quality_{args.scale}{args.tag}.csv", args)
+            rows = table_rows(args)
             write(rows, args)
     print("\n".join(summarize(rows)))
     return 0
@@ -331,6 +349,16 @@ def finished_rows(work: Path, args) -> list[dict]:
             row["settings"] = settings_key(want)
             row["commit"] = (saved or {}).get(COMMIT_KEY, "")
             rows.append(row)
+    return rows
+
+
+def table_rows(args) -> list[dict]:
+    """The table's rows: the work folder's finished runs, then the rows of the tag's own results CSV (unless
+    --drop-earlier) and of the --rows-from CSVs for arms and seeds not yet in, first source first."""
+    rows = finished_rows(args.work, args) if args.work.is_dir() else []
+    own = [] if args.drop_earlier else [args.results / f"quality_{args.scale}{args.tag}.csv"]
+    for path in own + list(args.rows_from):
+        rows = with_earlier_rows(rows, path, args)
     return rows
 
 

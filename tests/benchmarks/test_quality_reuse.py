@@ -128,3 +128,35 @@ def test_rows_recorded_before_a_key_was_added_keep_their_settings_key(load_scrip
     assert q.settings_key(old) == q.settings_key(now)
     assert q.settings_key(_settings(q, "train.shuffle=global")) != q.settings_key(now)
     assert q.settings_diff(old, now) == []
+
+
+def test_table_only_joins_the_rows_of_several_results_csvs_without_training(tmp_path, monkeypatch, load_script):
+    """--table-only --rows-from A --rows-from B: one table (and the paired gain line) from rows trained in other
+    work folders; a CSV that is not there, or nothing to show, is a clear exit 2."""
+    import sys
+
+    q = load_script("quality")
+    args = _args(tmp_path)
+    metrics = {"recall@5": 0.02, "ndcg@5": 0.01, "recall@10": 0.03, "ndcg@10": 0.015, "epochs": 20.0,
+               "sec_per_epoch": 80.0, "decode_sec_per_1k_users": 2.0}
+    for arm, tag, r10 in (("tiger_coba", "_a", 0.03), ("s2gr", "_b", 0.033)):
+        args.tag = tag
+        q.write([{"arm": arm, "seed": 1, **metrics, "recall@10": r10,
+                  "settings": q.settings_key(q.expected_settings(arm, 1, args))}], args)
+    out = tmp_path / "out"
+
+    def main(*argv):
+        monkeypatch.setattr(sys, "argv", ["quality.py", "--table-only", "--work", str(tmp_path / "no_work"),
+                                          "--results", str(out), "--data", args.data, *argv])
+        return q.main()
+
+    assert main("--tag", "_ab", "--rows-from", str(tmp_path / "quality_cpu_a.csv"),
+                "--rows-from", str(tmp_path / "quality_cpu_b.csv")) == 0
+    table = (out / "quality_cpu_ab.md").read_text()
+    assert "| tiger_coba | 1 |" in table and "| s2gr | 1 |" in table
+    assert "the gain of thinking alone), test standard view, seed 1: recall@5 +0.0%, ndcg@5 +0.0%, recall@10 +10.0%" \
+        in table
+    assert not (tmp_path / "no_work").exists()  # nothing trained, no work folder made
+    assert main("--rows-from", str(tmp_path / "absent.csv")) == 2
+    assert main("--tag", "_c", "--arms", "tiger") == 2  # no run and no row for the arm: nothing to write
+    assert not (out / "quality_cpu_c.md").exists()
