@@ -1,12 +1,13 @@
 """Which code a benchmark table came from: the short commit of a checkout, marked ``-dirty`` when its tracked code
-(anything but ``benchmarks/results``) differs from that commit, so a table never names a commit it did not run."""
+(the package, the benchmark scripts, configs, jobs, search spaces, pyproject.toml; not the results or
+docs) differs from that commit, so a table never names a commit it did not run."""
 from __future__ import annotations
 
 import os
 import subprocess
 from pathlib import Path
 
-CODE_PATHS = ["s2gr_ray", "benchmarks", "configs", "jobs", "search_spaces", "pyproject.toml", ":!benchmarks/results"]
+CODE_PATHS = ["s2gr_ray", "benchmarks/*.py", "configs", "jobs", "search_spaces", "pyproject.toml"]
 
 
 def commit(folder: str | Path) -> str:

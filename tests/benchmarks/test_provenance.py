@@ -14,12 +14,14 @@ def test_the_commit_is_marked_dirty_only_by_changed_code(tmp_path, monkeypatch, 
     (tmp_path / "benchmarks" / "results").mkdir(parents=True)
     (tmp_path / "s2gr_ray" / "m.py").write_text("x = 1\n")
     (tmp_path / "benchmarks" / "results" / "speed.md").write_text("old\n")
+    (tmp_path / "benchmarks" / "RESULTS.md").write_text("old\n")
     subprocess.run(git + ["init", "-q"], check=True)
     subprocess.run(git + ["add", "-A"], check=True)
     subprocess.run(git + ["commit", "-qm", "c"], check=True)
     head = subprocess.run(git + ["rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     assert commit(tmp_path) == head
     (tmp_path / "benchmarks" / "results" / "speed.md").write_text("new table\n")
+    (tmp_path / "benchmarks" / "RESULTS.md").write_text("new text\n")
     (tmp_path / "notes.txt").write_text("untracked\n")
     assert commit(tmp_path) == head
     (tmp_path / "s2gr_ray" / "m.py").write_text("x = 2\n")
