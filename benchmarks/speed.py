@@ -476,7 +476,12 @@ def bench_ray(args, device) -> None:
 
     tok = SIDTokenizer.load(work / "tokenizer")
     # this host's speed drifts by up to ~20% over minutes: each Ray run is bracketed by bare runs (bare, Ray A, bare,
-    # Ray B, bare, ...) and compared with the mean of the two bare runs right before and after it
+    # Ray B, bare, ...) and compared with the mean of the two bare runs right before and after it. Every bare run is
+    # made with the local Ray already up, as the Ray runs are. (The first bare run, before any Ray run, was the
+    # fastest in every full run so far, which made whichever engine came first look slowest: speed_ray_reorder.md.)
+    from s2gr_ray.training.ray_env import init_ray
+
+    init_ray(cfg.ray, cfg.train.use_gpu, log)
     bare_runs = [_bare_loop(cfg, work, steps)]
     ray_rates, steady = {}, {}
     # ZeRO-2 is the config default; with one worker it has nothing to partition. DDP: the torch engine, no DeepSpeed
@@ -492,7 +497,8 @@ def bench_ray(args, device) -> None:
         bare_runs.append(_bare_loop(cfg, work, steps))
     record("ray", f"bare in-process torch loop, same model and rows, {steps} steps",
            float(np.mean([r[0] for r in bare_runs])), "samples/s",
-           f"mean of {len(bare_runs)} runs around the Ray runs: " + " / ".join(f"{r[0]:.0f}" for r in bare_runs))
+           f"mean of {len(bare_runs)} runs around the Ray runs, all with the local Ray up: "
+           + " / ".join(f"{r[0]:.0f}" for r in bare_runs))
     for i, (engine, rate) in enumerate(ray_rates.items()):
         around = bare_runs[i:i + 2]
         whole, warm = (float(np.mean([r[k] for r in around])) for k in (0, 1))
@@ -500,7 +506,7 @@ def bench_ray(args, device) -> None:
                f"target >= 0.95; against the bare runs right before and after ({around[0][0]:.0f} / "
                f"{around[1][0]:.0f}); Ray's epoch includes Ray Data start-up")
         record("ray", f"Ray ({engine}) / bare samples/s, after the first {WARM_STEPS} steps",
-               steady[engine] / warm, "ratio", "target >= 0.95")
+               steady[engine] / warm if warm > 0 else float("nan"), "ratio", "target >= 0.95")
     # the Ray path's ceiling: the same Ray Data pipeline and batch iteration as the worker's, with no model
     ds = build_datasets(work, tok.sids, cfg.data.max_history, splits=("train",))["train"]
     t0, n = time.perf_counter(), 0
@@ -688,7 +694,7 @@ def main() -> int:
     p.add_argument("--code", default=str(REPO), help="a checkout whose s2gr_ray is measured (default: this one)")
     args = p.parse_args()
     if args.quick:
-        args.steps, args.decode_users, args.ray_steps, args.beauty_groups = 2, 64, 20, 1
+        args.steps, args.decode_users, args.ray_steps, args.beauty_groups = 2, 64, 30, 1
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.set_num_threads(os.cpu_count() or 1)
     torch.manual_seed(0)
