@@ -317,7 +317,7 @@ def stale_inputs(manifest: dict, d) -> str | None:
     paths = manifest.get("input_paths")
     root = _data_root(d)
     now = _tree_fingerprint(d) if paths is None else \
-        input_fingerprint([p if Path(p).is_absolute() or root is None else root / p for p in paths], d, hashed=False)
+        input_fingerprint([_input_path(p, root) for p in paths], d, hashed=False)
     changed = sorted(k for k in set(saved) | set(now) if not _same_file(saved.get(k), now.get(k), k, root))
     if not changed:
         return None
@@ -334,8 +334,12 @@ def _same_file(saved: list | None, now: list | None, key: str, root: Path | None
         return True
     if len(saved) < 3:
         return False
-    path = Path(key) if Path(key).is_absolute() or root is None else root / key
-    return artifacts.file_hash(path) == saved[2]
+    return artifacts.file_hash(_input_path(key, root)) == saved[2]
+
+
+def _input_path(key: str, root: Path | None) -> Path:
+    """The file an input key names (the inverse of `_input_key`)."""
+    return Path(key) if Path(key).is_absolute() or root is None else root / key
 
 
 def _remove(path: Path) -> None:
