@@ -88,6 +88,10 @@ class DeepSpeedEngine:
                  device: torch.device):
         import deepspeed
 
+        if device.type == "cpu":  # the first initialize on a CPU node JIT-builds DeepSpeed's shared-memory op
+            from s2gr_ray.training.ds_ops import clear_stale_lock
+
+            clear_stale_lock()
         self.precision = resolve_precision(cfg, device.type == "cuda")
         if cfg.zero_stage == 3 and hasattr(model, "memory_reassociation"):
             model.memory_reassociation = False  # ZeRO-3 gathers a weight only inside its own module's forward
