@@ -63,7 +63,7 @@ def test_a_deepspeed_engine_starts_despite_a_killed_builds_lock(tmp_path):
     """The real case: a stale lock in the op's build folder. Without the check DeepSpeed waits on it for ever; with
     it the engine starts (a copy of this machine's built op is used where there is one, so nothing recompiles)."""
     ext = tmp_path / "torch_extensions"
-    cached = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or build_dir(SHM_OP).parent) / SHM_OP
+    cached = build_dir(SHM_OP)  # this machine's own build folder (TORCH_EXTENSIONS_DIR, else torch's cache)
     if (cached / f"{SHM_OP}.so").exists():
         shutil.copytree(cached, ext / SHM_OP, ignore=shutil.ignore_patterns("lock"))
     (ext / SHM_OP).mkdir(parents=True, exist_ok=True)
