@@ -32,14 +32,19 @@ def beauty() -> Path:
 
 @pytest.fixture(scope="module")
 def ray_session(tmp_path_factory):
-    """A local Ray (2 CPUs, temp dir under pytest's) for one test module; shut down after it."""
+    """A local Ray (2 CPUs, temp dir under pytest's, its own dashboard on a free port) for one test module, started
+    the way `s2gr` starts one (s2gr_ray.training.ray_env.start_local_ray); shut down after it. Yields the
+    dashboard's URL."""
     import ray
 
-    tmp = tmp_path_factory.mktemp("ray")
+    from s2gr_ray.config import RayConfig
+    from s2gr_ray.training.ray_env import free_port, start_local_ray
+
+    url = None
     if not ray.is_initialized():
-        ray.init(num_cpus=2, _temp_dir=str(tmp), include_dashboard=False, log_to_driver=True,
-                 runtime_env={"env_vars": {"DS_ACCELERATOR": "cpu", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}})
-    yield
+        url = start_local_ray(RayConfig(num_cpus=2, temp_dir=str(tmp_path_factory.mktemp("ray"))),
+                              dashboard_port=free_port())
+    yield url
     ray.shutdown()
 
 

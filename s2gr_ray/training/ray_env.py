@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from typing import Callable
 
 from s2gr_ray.config import RayConfig
@@ -14,6 +15,11 @@ WORKER_ENV = {
     # Ray Train tees print() into its logger and stdout; plain print keeps each progress line once.
     "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
 }
+
+
+# Where a Ray process sends state API queries (ray.util.state; Ray Train's placement-group cleaner): checked
+# before RAY_ADDRESS and before auto-detecting "the" Ray of the machine.
+API_SERVER_ENV = "RAY_API_SERVER_ADDRESS"
 
 
 def worker_env(use_gpu: bool) -> dict[str, str]:
@@ -39,16 +45,69 @@ def init_ray(cfg: RayConfig, use_gpu: bool = False, log: Callable[[str], None] =
     if ray.is_initialized():
         return
     address = cluster_address(cfg)
-    runtime_env = {"env_vars": worker_env(use_gpu)}
     if address:
         log(f"ray: connecting to {address}")
-        ray.init(address=address, runtime_env=runtime_env, log_to_driver=True)
+        ray.init(address=address, runtime_env={"env_vars": worker_env(use_gpu)}, log_to_driver=True)
         return
+    log("ray: starting a local Ray in this process (set RAY_ADDRESS or ray.address=... to use a cluster)")
+    start_local_ray(cfg, use_gpu, log)
+
+
+DEFAULT_DASHBOARD_PORT = 8265
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_local_ray(cfg: RayConfig, use_gpu: bool = False, log: Callable[[str], None] = print,
+                    dashboard_port: int | None = None) -> str:
+    """Start a local Ray in this process with its own dashboard, and point every worker's state API at it.
+
+    Ray Train runs a placement-group cleaner beside each run that polls the state API (served by the dashboard)
+    for the run's controller and removes the run's placement group, killing its workers, when the answer is "no
+    such actor". A worker finds "its" dashboard by auto-detection, which can land on another Ray of the same
+    machine: a cluster without a dashboard still names 127.0.0.1:8265, so any other Ray serving that port ends the
+    run within a second. RAY_API_SERVER_ADDRESS, set for every worker, names this cluster's own dashboard instead.
+    `dashboard_port`: None = 8265 when free, else a free port. Returns the dashboard's URL. When `ray start` has
+    recorded a running Ray on this machine, ray.init() joins it instead (as it always does), unchanged.
+    """
+    import ray
+    from ray._private.services import canonicalize_bootstrap_address
+
+    temp_dir = os.path.abspath(cfg.temp_dir) if cfg.temp_dir else None
+    running = canonicalize_bootstrap_address(None, temp_dir)
+    if running:  # ray.init() joins the Ray that `ray start` recorded on this machine; its workers find it themselves
+        log(f"ray: joining the Ray started on this machine at {running} (`ray start`)")
+        ctx = ray.init(runtime_env={"env_vars": worker_env(use_gpu)}, log_to_driver=True)
+        return ctx.dashboard_url or ""
+    port = dashboard_port or (DEFAULT_DASHBOARD_PORT if _port_free(DEFAULT_DASHBOARD_PORT) else free_port())
+    url = f"http://127.0.0.1:{port}"
+    env = worker_env(use_gpu)
+    env[API_SERVER_ENV] = url
     kwargs = {}
     if cfg.num_cpus:
         kwargs["num_cpus"] = cfg.num_cpus
-    if cfg.temp_dir:
-        kwargs["_temp_dir"] = os.path.abspath(cfg.temp_dir)
-    log("ray: starting a local Ray in this process (set RAY_ADDRESS or ray.address=... to use a cluster)")
-    # The dashboard process also serves the state API that Ray Train's placement-group cleaner polls.
-    ray.init(runtime_env=runtime_env, log_to_driver=True, **kwargs)
+    if temp_dir:
+        kwargs["_temp_dir"] = temp_dir
+    ctx = ray.init(runtime_env={"env_vars": env}, log_to_driver=True, dashboard_host="127.0.0.1",
+                   dashboard_port=port, **kwargs)
+    served = ctx.dashboard_url or ""
+    if served.rsplit(":", 1)[-1] != str(port):
+        where = served or "nowhere (are ray[default]'s packages installed?)"
+        log(f"ray: warning: the dashboard is at {where}, not {url}; Ray Train's placement-group cleaner will not "
+            "reach it and says so once a second (harmless)")
+    else:
+        log(f"ray: dashboard at {url}")
+    return url

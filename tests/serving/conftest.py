@@ -39,9 +39,11 @@ def _start_ray(tmp: Path) -> None:
 
     if ray.is_initialized():
         return
+    from s2gr_ray.config import RayConfig
+    from s2gr_ray.training.ray_env import free_port, start_local_ray
+
     _STARTED.append(True)
-    ray.init(num_cpus=2, _temp_dir=str(tmp), include_dashboard=False, log_to_driver=True,
-             runtime_env={"env_vars": {"DS_ACCELERATOR": "cpu", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}})
+    start_local_ray(RayConfig(num_cpus=2, temp_dir=str(tmp)), dashboard_port=free_port())
 
 
 def pytest_runtest_teardown(item, nextitem):
