@@ -13,6 +13,7 @@ ready tensors:
 """
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -233,6 +234,40 @@ def eval_batches(shard, batch_size: int, group: int = 1, part: tuple[int, int] =
         batches = length_grouped(batches, group, 0)
     for b in batches:
         yield _to_torch(trim_history(b))
+
+
+# a worker keeps its share of the validation split in memory up to this size (S2GR_EVAL_KEEP_BYTES: 0 = read it
+# every epoch, as benchmarks/eval_replay.py compares)
+EVAL_KEEP_BYTES = int(os.environ.get("S2GR_EVAL_KEEP_BYTES", 256 << 20))
+
+
+class KeptBatches:
+    """Batches read through Ray Data on the first pass and replayed from memory on every later one: the validation
+    split is the same each epoch, so a run pays Ray Data's start-up for it once instead of once per epoch (1.5-7 s
+    each on 2 cores, as long as the whole validation of a small run). Batches beyond ``max_bytes`` in all are not
+    kept and every pass reads them again; a pass cut short keeps nothing. ``reads`` counts the passes that read."""
+
+    def __init__(self, make_batches: Callable[[], Iterable[dict[str, Any]]], max_bytes: int = EVAL_KEEP_BYTES):
+        self._make, self._max_bytes = make_batches, max_bytes
+        self._kept: list[dict[str, Any]] | None = None
+        self.reads = 0
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        if self._kept is not None:
+            yield from self._kept
+            return
+        self.reads += 1
+        kept: list[dict[str, Any]] | None = []
+        size = 0
+        for batch in self._make():
+            if kept is not None:
+                size += sum(v.nbytes for v in batch.values())
+                if size <= self._max_bytes:
+                    kept.append(batch)
+                else:
+                    kept = None
+            yield batch
+        self._kept = kept
 
 
 class EpochStream:

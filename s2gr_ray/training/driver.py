@@ -246,7 +246,7 @@ def train_stage(cfg: Config, run: Path, log: Callable[[str], None] = print, call
         ),
         datasets=datasets,
         # only train is split across workers (equal streaming split: drops < num_workers remainder rows, which
-        # drop_last does anyway); valid/test are read whole by each worker and cut by user id (evaluate_shard), so
+        # drop_last does anyway); valid/test are read whole by each worker and cut by user id (shard_eval_batches), so
         # every user is evaluated exactly once
         dataset_config=DataConfig(datasets_to_split=["train"], execution_options=ingest),
     )

@@ -47,17 +47,22 @@ def build_model(cfg, tok: dict[str, Any]):
                 [torch.tensor(np.asarray(m)) for m in tok["code_to_cluster"]], max_history=cfg.data.max_history)
 
 
-def evaluate_shard(model, shard, trie, cfg, device, batch_size: int, share: tuple[int, int] = (0, 1)
-                   ) -> dict[str, float]:
-    """Metric sums over this worker's share of an evaluation split: every worker reads the whole split (the driver
-    does not split valid/test) and keeps the users with user_id % world == rank (``share`` = (rank, world));
-    aggregation across workers happens once, in the caller."""
-    from s2gr_ray.evaluation.evaluate import evaluate_batch
+def shard_eval_batches(shard, batch_size: int, share: tuple[int, int] = (0, 1)):
+    """This worker's share of an evaluation split, as batches: every worker reads the whole split (the driver does
+    not split valid/test) and keeps the users with user_id % world == rank (``share`` = (rank, world))."""
     from s2gr_ray.training.data_pipeline import EVAL_GROUP, eval_batches
+
+    return eval_batches(shard, batch_size, EVAL_GROUP, share)
+
+
+def evaluate_shard(model, batches, trie, cfg, device) -> dict[str, float]:
+    """Metric sums over evaluation batches (shard_eval_batches); aggregation across workers happens once, in the
+    caller."""
+    from s2gr_ray.evaluation.evaluate import evaluate_batch
 
     sums: dict[str, float] = {}
     model.eval()
-    for batch in eval_batches(shard, batch_size, EVAL_GROUP, share):
+    for batch in batches:
         part = evaluate_batch(model, _to_device(batch, device), trie, cfg.eval.beam_size, cfg.eval.ks,
                               cfg.eval.min_history_view)
         for k, v in part.items():
@@ -124,7 +129,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     from s2gr_ray.config import config_from_dict
     from s2gr_ray.evaluation.trie import PrefixTrie
     from s2gr_ray.training.engine import make_engine, micro_batch_size
-    from s2gr_ray.training.data_pipeline import EpochStream, encoder_chunks, shuffle_seed, train_batches
+    from s2gr_ray.training.data_pipeline import (EpochStream, KeptBatches, encoder_chunks, shuffle_seed,
+                                                 train_batches)
 
     cfg = config_from_dict(config["cfg"])
     tok = config["tokenizer"]
@@ -142,6 +148,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         steps_per_epoch = min(steps_per_epoch, cfg.train.max_steps_per_epoch)
     train_shard = ray.train.get_dataset_shard("train")
     valid_shard = ray.train.get_dataset_shard("valid")
+    # read through Ray Data at the first validation, replayed from memory after (the same users every epoch)
+    valid_batches = KeptBatches(lambda: shard_eval_batches(valid_shard, cfg.eval.batch_size, (rank, world)))
 
     def epoch_stream(epoch: int) -> EpochStream:  # starts the epoch's Ray Data stream now, in the background
         return EpochStream(lambda: train_batches(train_shard, micro, shuffle_seed(cfg.train.seed, epoch, rank),
@@ -265,8 +273,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         snapshot = engine.state_dict_for_export()
         eval_model.load_state_dict(snapshot)
         t_eval = time.time()
-        sums = all_reduce_sums(evaluate_shard(eval_model, valid_shard, trie, cfg, device, cfg.eval.batch_size,
-                                              (rank, world)), keys, device)
+        sums = all_reduce_sums(evaluate_shard(eval_model, valid_batches, trie, cfg, device), keys, device)
         valid = finalize(sums, cfg)
         value = valid["all"][monitor]
         improved = value > state["best"]
@@ -303,8 +310,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         best_state = engine.state_dict_for_export()
     eval_model.load_state_dict(best_state)
     test_shard = ray.train.get_dataset_shard("test")
-    test = finalize(all_reduce_sums(evaluate_shard(eval_model, test_shard, trie, cfg, device, cfg.eval.batch_size,
-                                                   (rank, world)), keys, device), cfg)
+    test_batches = shard_eval_batches(test_shard, cfg.eval.batch_size, (rank, world))
+    test = finalize(all_reduce_sums(evaluate_shard(eval_model, test_batches, trie, cfg, device), keys, device), cfg)
     best_valid = state.get("best_valid") or {"all": {monitor: state["best"]}, "hist": {}}
     # the last epoch's train/* terms ride along: a sweep on metric train/loss needs it in every report (Ray Tune
     # stops the whole sweep on a result without its metric)

@@ -104,6 +104,10 @@ def test_early_stop_ends_the_run_and_still_tests(base_run, tmp_path):
                 "eval.min_history_view=7")
     assert out["train"]["epochs"] == 2 and len(out["history"]) == 2
     assert out["train"]["best_epoch"] == 1 and out["test"]["count"] == 120
+    # unmoved weights: epoch 2's validation (replayed from the worker's memory) equals epoch 1's (read by Ray Data)
+    first, second = ({k: v for k, v in h.items() if k.startswith("valid") and k != "valid/best"}
+                     for h in out["history"])
+    assert first == second and first["valid/count"] == 120
     # the paper view is named after eval.min_history_view (users with >= 7 history items here), never hist10
     assert "test_hist10" not in out and 0 < out["test_hist7"]["count"] < out["test"]["count"]
     assert "valid_hist7/ndcg@10" in out["history"][0] and "valid_hist10/ndcg@10" not in out["history"][0]
