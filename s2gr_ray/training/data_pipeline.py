@@ -250,6 +250,7 @@ class KeptBatches:
     def __init__(self, make_batches: Callable[[], Iterable[dict[str, Any]]], max_bytes: int = EVAL_KEEP_BYTES):
         self._make, self._max_bytes = make_batches, max_bytes
         self._kept: list[dict[str, Any]] | None = None
+        self._too_big = False  # once over max_bytes, later passes do not try to keep again
         self.reads = 0
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
@@ -257,7 +258,7 @@ class KeptBatches:
             yield from self._kept
             return
         self.reads += 1
-        kept: list[dict[str, Any]] | None = []
+        kept: list[dict[str, Any]] | None = None if self._too_big else []
         size = 0
         for batch in self._make():
             if kept is not None:
@@ -265,7 +266,7 @@ class KeptBatches:
                 if size <= self._max_bytes:
                     kept.append(batch)
                 else:
-                    kept = None
+                    kept, self._too_big = None, True
             yield batch
         self._kept = kept
 

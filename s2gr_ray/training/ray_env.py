@@ -54,6 +54,7 @@ def init_ray(cfg: RayConfig, use_gpu: bool = False, log: Callable[[str], None] =
 
 
 DEFAULT_DASHBOARD_PORT = 8265
+NO_DASHBOARD_PORT = 1  # privileged and never chosen by Ray: nothing answers there
 
 
 def _port_free(port: int) -> bool:
@@ -88,26 +89,32 @@ def start_local_ray(cfg: RayConfig, use_gpu: bool = False, log: Callable[[str], 
 
     temp_dir = os.path.abspath(cfg.temp_dir) if cfg.temp_dir else None
     running = canonicalize_bootstrap_address(None, temp_dir)
-    if running:  # ray.init() joins the Ray that `ray start` recorded on this machine; its workers find it themselves
-        log(f"ray: joining the Ray started on this machine at {running} (`ray start`)")
-        ctx = ray.init(runtime_env={"env_vars": worker_env(use_gpu)}, log_to_driver=True)
-        return ctx.dashboard_url or ""
-    port = dashboard_port or (DEFAULT_DASHBOARD_PORT if _port_free(DEFAULT_DASHBOARD_PORT) else free_port())
-    url = f"http://127.0.0.1:{port}"
-    env = worker_env(use_gpu)
-    env[API_SERVER_ENV] = url
+    if running:  # the Ray `ray start` recorded on this machine: join it; its workers find it by the same record
+        ignored = f" (ray.num_cpus={cfg.num_cpus} is ignored: the cluster has its own)" if cfg.num_cpus else ""
+        log(f"ray: joining the Ray started on this machine at {running} (`ray start`){ignored}")
+        ctx = ray.init(address=running, runtime_env={"env_vars": worker_env(use_gpu)}, log_to_driver=True)
+        return f"http://{ctx.dashboard_url}" if ctx.dashboard_url else ""
     kwargs = {}
     if cfg.num_cpus:
         kwargs["num_cpus"] = cfg.num_cpus
     if temp_dir:
         kwargs["_temp_dir"] = temp_dir
-    ctx = ray.init(runtime_env={"env_vars": env}, log_to_driver=True, dashboard_host="127.0.0.1",
-                   dashboard_port=port, **kwargs)
-    served = ctx.dashboard_url or ""
-    if served.rsplit(":", 1)[-1] != str(port):
-        where = served or "nowhere (are ray[default]'s packages installed?)"
-        log(f"ray: warning: the dashboard is at {where}, not {url}; Ray Train's placement-group cleaner will not "
-            "reach it and says so once a second (harmless)")
-    else:
-        log(f"ray: dashboard at {url}")
-    return url
+    first = dashboard_port or (DEFAULT_DASHBOARD_PORT if _port_free(DEFAULT_DASHBOARD_PORT) else free_port())
+    for port in (first, free_port(), None):  # another program may take the port between the check and Ray's bind
+        # None: no dashboard (its packages missing?); the pin then names a port no Ray takes, so the cleaner's
+        # queries fail (it warns once a second) instead of reaching another Ray
+        url = f"http://127.0.0.1:{port or NO_DASHBOARD_PORT}"
+        env = {**worker_env(use_gpu), API_SERVER_ENV: url}
+        dash = {"dashboard_host": "127.0.0.1", "dashboard_port": port} if port else {"include_dashboard": False}
+        ctx = ray.init(runtime_env={"env_vars": env}, log_to_driver=True, **dash, **kwargs)
+        if port is None:
+            log("ray: warning: no dashboard could be started on this machine; Ray Train's placement-group cleaner "
+                "cannot check on the run and says so once a second (harmless)")
+        elif (ctx.dashboard_url or "").rsplit(":", 1)[-1] != str(port):
+            log(f"ray: the dashboard did not start on port {port} ({ctx.dashboard_url or 'none'}); starting again")
+            ray.shutdown()
+            continue
+        else:
+            log(f"ray: dashboard at {url}")
+        return url
+    raise AssertionError("unreachable: the last attempt starts Ray without a dashboard and returns")

@@ -305,6 +305,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if stop and rank == 0:
             print(f"[train] early stop: no {monitor} improvement for {cfg.train.patience} epochs", flush=True)
 
+    valid_batches = None  # frees the kept validation batches before the test split is read
     # ---- test with the best weights
     if best_state is None:
         best_state = engine.state_dict_for_export()
