@@ -122,6 +122,19 @@ def lift_early_stop(state: dict, patience: int, max_epochs: int) -> str:
     return f"{done}: training goes on to epoch {max_epochs}"
 
 
+def quiet_report_log() -> None:
+    """Ray Train logs every `ray.train.report` with its whole metrics dict at INFO ("Reporting training result N:
+    TrainingReport(...)", ~1.5 kB a line per epoch and rank); the worker's own epoch line already says what
+    matters, so that logger (named by its file in Ray 2.60) is set to WARNING in this process."""
+    import logging
+
+    try:
+        from ray.train.v2._internal.execution import context
+    except ImportError:  # another Ray layout: leave its logging alone
+        return
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train
     from ray.train import Checkpoint
@@ -132,6 +145,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     from s2gr_ray.training.data_pipeline import (EpochStream, KeptBatches, encoder_chunks, shuffle_seed,
                                                  train_batches)
 
+    quiet_report_log()
     cfg = config_from_dict(config["cfg"])
     tok = config["tokenizer"]
     ctx = ray.train.get_context()
