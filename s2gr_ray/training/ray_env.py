@@ -82,7 +82,8 @@ def start_local_ray(cfg: RayConfig, use_gpu: bool = False, log: Callable[[str], 
     machine: a cluster without a dashboard still names 127.0.0.1:8265, so any other Ray serving that port ends the
     run within a second. RAY_API_SERVER_ADDRESS, set for every worker, names this cluster's own dashboard instead.
     `dashboard_port`: None = 8265 when free, else a free port. Returns the dashboard's URL. When `ray start` has
-    recorded a running Ray on this machine, ray.init() joins it instead (as it always does), unchanged.
+    recorded a running Ray on this machine (under `ray.temp_dir`, else Ray's default temp dir), the run joins it
+    by that address instead; its workers find its dashboard through the same record.
     """
     import ray
     from ray._private.services import canonicalize_bootstrap_address

@@ -71,13 +71,12 @@ def test_a_deepspeed_engine_starts_despite_a_killed_builds_lock(tmp_path):
     lock.touch()
     os.utime(lock, (time.time() - 3600, time.time() - 3600))
     script = textwrap.dedent("""
-        import os, socket
+        import os
         import torch, torch.distributed as dist
         from s2gr_ray.config import TrainConfig
         from s2gr_ray.training.engine import DeepSpeedEngine
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]
-        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", LOCAL_RANK="0",
+        from s2gr_ray.training.ray_env import free_port
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), RANK="0", LOCAL_RANK="0",
                           WORLD_SIZE="1", LOCAL_WORLD_SIZE="1")
         dist.init_process_group("gloo", rank=0, world_size=1)
         engine = DeepSpeedEngine(torch.nn.Linear(4, 4), TrainConfig(batch_size=2, zero_stage=0), world_size=1,
