@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import math
 import os
@@ -43,6 +44,8 @@ ARMS: dict[str, list[str]] = {
     "s2gr_no_balance": ["tokenizer.balance=false"],
     "s2gr_think2": ["model.n_think=2"],
 }
+# arms whose tokenizer differs from S²GR's by design (their SIDs are not expected to match S²GR's)
+DIFFERENT_TOKENIZER = {arm for arm, over in ARMS.items() if any(o.startswith("tokenizer.") for o in over)}
 PRESETS = {"cpu": REPO / "configs" / "beauty.yaml", "paper": REPO / "configs" / "beauty_paper.yaml"}
 METRICS = ["recall@5", "ndcg@5", "recall@10", "ndcg@10"]
 
@@ -124,7 +127,7 @@ def arm_settings(cfg) -> dict:
     return {k: v for k, v in flatten(cfg).items() if not k.startswith(SPEED_ONLY)}
 
 
-TEXT_COLUMNS = ("arm", "settings", "commit")  # the other CSV columns are numbers
+TEXT_COLUMNS = ("arm", "settings", "commit", "sids_sha")  # the other CSV columns are numbers
 COMMIT_KEY = "_commit"  # recorded beside the settings in ARM_SETTINGS, not compared
 PER_SEED = ("train.seed", "tokenizer.seed", "train.run_name")  # differ between the seeds of one arm
 
@@ -172,6 +175,13 @@ def check_same_settings(run: Path, settings: dict) -> None:
                          "pass --force to retrain it, or a new --work folder (and --tag) for these settings")
 
 
+def sids_checksum(path: Path) -> str:
+    """The first 12 hex digits of sha256 over an arm's Semantic ID table (sids.npy), "" without one. Arms that share
+    a tokenizer config and seed should share it; the tokenizer fit is deterministic on one machine but not across
+    machines (CPU kernels), so a mismatch says a pair was not trained on the same SIDs."""
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:12] if path.exists() else ""
+
+
 def row_of(arm: str, seed: int, m: dict, report: dict) -> dict:
     hist = m.get("history", [])
     epoch_s = [h.get("train/epoch_seconds", 0.0) for h in hist]
@@ -187,6 +197,20 @@ def row_of(arm: str, seed: int, m: dict, report: dict) -> dict:
                 "tok_util_l1": (report.get("levels") or [{}])[0].get("utilization"),
                 "tok_collision": report.get("collision_rate")})
     return row
+
+
+def sid_pairing(by_arm: dict[str, list[dict]], other: str, seeds: list[int]) -> str:
+    """For a paired-gain line: whether S²GR and the other arm trained on the same Semantic IDs in each seed (by
+    `sids_sha`); "" where a row lacks the checksum (older CSVs) or the arms' tokenizers differ by design."""
+    sha = {(r["arm"], r["seed"]): r.get("sids_sha") or "" for rs in by_arm.values() for r in rs}
+    pairs = [(sha.get(("s2gr", s), ""), sha.get((other, s), "")) for s in seeds]
+    if other in DIFFERENT_TOKENIZER or not all(a and b for a, b in pairs):
+        return ""
+    differ = [s for s, (a, b) in zip(seeds, pairs) if a != b]
+    if not differ:
+        return " (same SIDs in every pair)"
+    return (f" (**SIDs differ** in seed{'s' if len(differ) > 1 else ''} {', '.join(map(str, differ))}: the arms "
+            "were tokenized apart, e.g. on other machines, so those pairs also compare tokenizer fits)")
 
 
 def summarize(rows: list[dict]) -> list[str]:
@@ -235,7 +259,7 @@ def summarize(rows: list[dict]) -> list[str]:
         if gains:
             lines.append(f"- {claim}, test standard view, seed{'s' if len(seeds) > 1 else ''} "
                          f"{', '.join(map(str, seeds))}: " + ", ".join(f"{c} {g:+.1f}%" for c, g in gains.items())
-                         + f"; average {statistics.mean(gains.values()):+.1f}%")
+                         + f"; average {statistics.mean(gains.values()):+.1f}%" + sid_pairing(by_arm, other, seeds))
     users = [r.get("test_users") for r in rows if r.get("test_users")]
     if users and ("tiger", "recall@10") in means:
         r = means[("tiger", "recall@10")]
@@ -346,6 +370,7 @@ def finished_rows(work: Path, args) -> list[dict]:
             report_path = run / "tokenizer" / "report.json"
             report = json.loads(report_path.read_text()) if report_path.exists() else {}
             row = row_of(arm, seed, json.loads((run / "metrics.json").read_text()), report)
+            row["sids_sha"] = sids_checksum(run / "tokenizer" / "sids.npy")
             row["settings"] = settings_key(want)
             row["commit"] = (saved or {}).get(COMMIT_KEY, "")
             rows.append(row)

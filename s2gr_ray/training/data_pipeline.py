@@ -97,6 +97,27 @@ def shard_files(run: Path, split: str) -> list[str]:
     return files
 
 
+def read_shards(files: list[str]):
+    """``ray.data.read_parquet`` over sequence shards through Ray Data's file-based parquet datasource, which reads
+    the files' footers once, here, when the dataset is planned.
+
+    Ray Data's newer parquet path (``DataContext.use_datasource_v2``, Ray's default) lists and footer-reads the files
+    again at every execution, that is every epoch, on a pool of footer-reading actors it starts and kills each time
+    (new worker processes): on a 2-core node 1.5-2 s before an epoch's first batch with nothing else running and 4-7 s
+    in a training worker during validation, against ~0.1 s this way (benchmarks/epoch_stream.py). Setting
+    RAY_DATA_USE_DATASOURCE_V2 in the environment chooses the path explicitly (1: Ray's newer one)."""
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    if "RAY_DATA_USE_DATASOURCE_V2" in os.environ or not hasattr(ctx, "use_datasource_v2"):
+        return ray.data.read_parquet(files)
+    before, ctx.use_datasource_v2 = ctx.use_datasource_v2, False
+    try:
+        return ray.data.read_parquet(files)
+    finally:
+        ctx.use_datasource_v2 = before
+
+
 def build_datasets(run: Path, sids: np.ndarray, max_history: int, splits=("train", "valid", "test"),
                    max_rows: dict[str, int] | None = None, shuffle_seed: int | None = None) -> dict:
     """Ray datasets per split, lazily streaming parquet → SID tensors. Nothing is read until iteration.
@@ -108,7 +129,7 @@ def build_datasets(run: Path, sids: np.ndarray, max_history: int, splits=("train
     mapper = SidMapper(sids, max_history)
     out = {}
     for split in splits:
-        ds = ray.data.read_parquet(shard_files(run, split))
+        ds = read_shards(shard_files(run, split))
         ds = ds.select_columns(["user_id", "history", "target", "history_len"])
         if max_rows and max_rows.get(split):
             ds = ds.limit(max_rows[split])
@@ -190,6 +211,46 @@ def length_grouped(batches: Iterable[dict[str, np.ndarray]], group: int, seed: i
         yield from flush()
 
 
+SHUFFLE_WINDOW = 4  # train_batches' local shuffle draws each micro-batch from this many micro-batches of rows
+
+
+def local_shuffle(batches: Iterable[dict[str, np.ndarray]], batch_size: int, buffer_rows: int,
+                  seed: int | None = None) -> Iterator[dict[str, np.ndarray]]:
+    """Batches of ``batch_size`` rows drawn at random from a buffer: each time it fills to ``buffer_rows`` +
+    ``batch_size`` rows, one batch is drawn and ``buffer_rows`` stay; at the end of the stream the buffer is drained
+    (a last batch of fewer rows is dropped). The draws depend only on the incoming row order and ``seed``, not on
+    how the rows arrive cut into blocks or batches: Ray Data's own local shuffle draws from whole blocks, whose size
+    depends on the parquet reader, the cluster's CPUs and the Ray version, so the same seed would give other batches
+    elsewhere. Columns must keep their trailing shapes across batches (SidMapper pads them)."""
+    rng = np.random.default_rng(seed)
+    full = max(buffer_rows, 0) + batch_size
+    buf: dict[str, np.ndarray] | None = None
+
+    def size() -> int:
+        return 0 if buf is None else len(next(iter(buf.values())))
+
+    def draw() -> dict[str, np.ndarray]:
+        nonlocal buf
+        assert buf is not None
+        take = rng.choice(size(), size=batch_size, replace=False)
+        keep = np.ones(size(), dtype=bool)
+        keep[take] = False
+        out, buf = {k: v[take] for k, v in buf.items()}, {k: v[keep] for k, v in buf.items()}
+        return out
+
+    for b in batches:
+        n, i = len(next(iter(b.values()))), 0
+        while i < n:
+            j = min(n, i + full - size())
+            piece = {k: v[i:j] for k, v in b.items()}
+            buf = piece if buf is None else {k: np.concatenate([buf[k], piece[k]]) for k in buf}
+            i = j
+            if size() == full:
+                yield draw()
+    while size() >= batch_size:
+        yield draw()
+
+
 def _rows_of_part(batches: Iterable[dict[str, np.ndarray]], rank: int, world: int) -> Iterator[dict[str, np.ndarray]]:
     for b in batches:
         keep = np.asarray(b["user_id"]) % world == rank
@@ -208,13 +269,13 @@ def _to_torch(batch: dict[str, np.ndarray]) -> dict[str, Any]:
 def train_batches(shard, micro_batch: int, seed: int | None = None, group: int = 1, multiple: int = 1,
                   chunks: int = 1):
     """One epoch of training batches from a worker's shard (or a whole dataset): full micro-batches, locally
-    shuffled over four batches' worth of rows (``seed`` fixes that shuffle; the worker derives it from train.seed,
+    shuffled over SHUFFLE_WINDOW batches' worth of rows (``local_shuffle``; ``seed`` fixes that shuffle; the worker derives it from train.seed,
     the rank and the epoch), length-grouped over ``group`` micro-batches (train.length_grouping; 1 = off), trimmed
     to each batch's longest history and, with ``chunks`` > 1 (train.encoder_chunks), sorted by length with
     ``encoder_chunks`` for the model, as torch tensors on the CPU. The training worker and the speed benchmark's
     ingest row both use it."""
-    batches = shard.iter_batches(batch_size=micro_batch, batch_format="numpy", drop_last=True,
-                                 local_shuffle_buffer_size=micro_batch * 4, local_shuffle_seed=seed)
+    batches = local_shuffle(shard.iter_batches(batch_size=micro_batch, batch_format="numpy"), micro_batch,
+                            micro_batch * SHUFFLE_WINDOW, seed)
     if group > 1:
         batches = length_grouped(batches, group, seed)
     for b in batches:
@@ -275,9 +336,10 @@ class EpochStream:
     """One epoch of batches whose stream is started in a background thread, so the wait for the first batch
     overlaps with other work.
 
-    The first batch of an epoch waits for Ray Data to start the streaming execution (plan, list files, launch read
-    and map tasks): ~1.5 s per epoch on a warm local Ray and ~5 s for the first epoch of a run (task processes
-    start), against ~0.2 s per training step at the CPU preset. The worker starts epoch 1's stream before it builds
+    The first batch of an epoch waits for Ray Data to start the streaming execution (plan, launch read and map
+    tasks): ~0.1 s per epoch on an idle warm local Ray with the shards read by ``read_shards`` (1.5-2 s with Ray's
+    newer parquet path) and ~4 s for the first epoch of a run (task processes start), against ~0.2 s per training
+    step at the CPU preset. The worker starts epoch 1's stream before it builds
     the model and the engine, and epoch N+1's before it validates epoch N. Iterating yields the same batches in the
     same order as ``make_batches()`` would; an error of the stream is raised where the batches are read.
     """

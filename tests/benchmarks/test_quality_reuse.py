@@ -94,6 +94,39 @@ def test_finished_runs_of_other_settings_stay_out_of_the_table(tmp_path, load_sc
     assert "S²GR vs TIGER" in text and "no seed run for both arms yet" in text
 
 
+def test_gain_lines_say_whether_a_pair_trained_on_the_same_semantic_ids(tmp_path, load_script):
+    """Each finished row carries a checksum of its sids.npy; a paired gain line over arms of one tokenizer says when
+    a seed's pair was tokenized apart (other SIDs), and says nothing for TIGER's own tokenizer or rows without one."""
+    import numpy as np
+
+    q = load_script("quality")
+    args = _args(tmp_path)
+    metrics = {"test": {"recall@5": 0.02, "ndcg@5": 0.01, "recall@10": 0.03, "ndcg@10": 0.015, "count": 100},
+               "valid": {"ndcg@10": 0.02}, "train": {"best_epoch": 3, "epochs": 5}, "history": []}
+    sids = {("s2gr", 0): [[1, 2], [3, 4]], ("tiger_coba", 0): [[1, 2], [3, 4]],
+            ("s2gr", 1): [[1, 2], [3, 4]], ("tiger_coba", 1): [[1, 2], [4, 3]]}
+    for (arm, seed), table in sids.items():
+        run = tmp_path / f"{arm}_s{seed}"
+        (run / "tokenizer").mkdir(parents=True)
+        np.save(run / "tokenizer" / "sids.npy", np.array(table, dtype=np.int64))
+        (run / "metrics.json").write_text(json.dumps(metrics))
+        (run / q.ARM_SETTINGS).write_text(json.dumps(q.expected_settings(arm, seed, args), default=list))
+    rows = q.finished_rows(tmp_path, args)
+    sha = {(r["arm"], r["seed"]): r["sids_sha"] for r in rows}
+    assert len(sha[("s2gr", 0)]) == 12 and sha[("s2gr", 0)] == sha[("tiger_coba", 0)] != sha[("tiger_coba", 1)]
+    line = next(ln for ln in q.summarize(rows) if "TIGER with the CoBa tokenizer" in ln)
+    assert "SIDs differ** in seed 1:" in line
+    same = next(ln for ln in q.summarize([r for r in rows if r["seed"] == 0]) if "CoBa tokenizer" in ln)
+    assert same.endswith("(same SIDs in every pair)")
+    q.write(rows, args)  # the checksum survives the CSV (text, not a number) and an older row without it reads
+    back = q.with_earlier_rows([], tmp_path / "quality_cpu.csv", args)
+    assert {(r["arm"], r["seed"]): r["sids_sha"] for r in back} == sha
+    old = [{**r, "sids_sha": ""} for r in rows]
+    assert not any("SIDs" in ln for ln in q.summarize(old))
+    tiger = [{**r, "arm": "tiger"} for r in rows if r["arm"] == "tiger_coba"] + [r for r in rows if r["arm"] == "s2gr"]
+    assert not any("SIDs" in ln for ln in q.summarize(tiger))
+
+
 @pytest.mark.parametrize("remote", [False, True])
 def test_force_forgets_the_metrics_and_the_checkpoints_local_or_at_a_uri(tmp_path, remote, load_script):
     """--force must not leave old metrics under new settings, nor checkpoints Ray Train would resume; a
