@@ -482,11 +482,13 @@ def bench_ray(args, device) -> None:
     from s2gr_ray.training.ray_env import init_ray
 
     init_ray(cfg.ray, cfg.train.use_gpu, log)
+    settled = [_settle()]
     bare_runs = [_bare_loop(cfg, work, steps)]
     ray_rates, steady = {}, {}
     # ZeRO-2 is the config default; with one worker it has nothing to partition. DDP: the torch engine, no DeepSpeed
     engines = dict(RAY_ENGINES[key] for key in dict.fromkeys(args.engines))  # in the order given
     for i, (engine, extra) in enumerate(engines.items()):
+        settled.append(_settle())
         t0 = time.perf_counter()
         metrics = train_stage(load_config(None, common + extra + [f"train.run_name=e{i}"]), work, log)
         ray_rates[engine] = metrics["history"][0]["train/samples_per_s"]
@@ -494,11 +496,13 @@ def bench_ray(args, device) -> None:
         record("ray", f"Ray Data + Ray Train, 1 worker, {engine}, CPU preset size, {steps} steps",
                ray_rates[engine], "samples/s", f"whole epoch; after the first {WARM_STEPS} steps: "
                f"{steady[engine]:.0f}; run wall {time.perf_counter() - t0:.0f}s")
+        settled.append(_settle())
         bare_runs.append(_bare_loop(cfg, work, steps))
     record("ray", f"bare in-process torch loop, same model and rows, {steps} steps",
            float(np.mean([r[0] for r in bare_runs])), "samples/s",
            f"mean of {len(bare_runs)} runs around the Ray runs, all with the local Ray up: "
-           + " / ".join(f"{r[0]:.0f}" for r in bare_runs))
+           + " / ".join(f"{r[0]:.0f}" for r in bare_runs)
+           + f"; every run waited for a quiet machine first ({', '.join(f'{w:.0f}' for w in settled)} s)")
     for i, (engine, rate) in enumerate(ray_rates.items()):
         around = bare_runs[i:i + 2]
         whole, warm = (float(np.mean([r[k] for r in around])) for k in (0, 1))
@@ -516,6 +520,22 @@ def bench_ray(args, device) -> None:
             break
     record("ray", f"Ray Data ingest alone, same pipeline and iteration, no model, {steps} batches",
            n / (time.perf_counter() - t0), "samples/s", "the Ray path's ceiling (in the driver, start-up included)")
+
+
+def _settle(limit_s: float = 60.0, busy_percent: float = 10.0) -> float:
+    """Wait (up to ``limit_s``) until the machine's CPUs are quiet for a second. Right after a Ray run, `top` showed
+    three `ray::IDLE` worker processes at 50-80% of a core each during the bare run that followed (2026-11-29), and
+    the bare reference drifted down over the section (1922, 1589, 1446, 1334 samples/s). Returns the seconds
+    waited."""
+    import psutil
+
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < limit_s:
+        if psutil.cpu_percent(interval=1.0) < busy_percent:
+            break
+    waited = time.perf_counter() - t0
+    log(f"quiet machine after {waited:.0f}s")
+    return waited
 
 
 def _bare_loop(cfg, work: Path, steps: int) -> tuple[float, float]:

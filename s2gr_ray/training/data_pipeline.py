@@ -97,25 +97,31 @@ def shard_files(run: Path, split: str) -> list[str]:
     return files
 
 
-def read_shards(files: list[str]):
-    """``ray.data.read_parquet`` over sequence shards through Ray Data's file-based parquet datasource, which reads
-    the files' footers once, here, when the dataset is planned.
+_CONTEXT_FLAG = threading.Lock()  # read_shards flips a process-wide DataContext flag for one call
 
-    Ray Data's newer parquet path (``DataContext.use_datasource_v2``, Ray's default) lists and footer-reads the files
-    again at every execution, that is every epoch, on a pool of footer-reading actors it starts and kills each time
-    (new worker processes): on a 2-core node 1.5-2 s before an epoch's first batch with nothing else running and 4-7 s
-    in a training worker during validation, against ~0.1 s this way (benchmarks/epoch_stream.py). Setting
-    RAY_DATA_USE_DATASOURCE_V2 in the environment chooses the path explicitly (1: Ray's newer one)."""
+
+def read_shards(files: list[str]):
+    """``ray.data.read_parquet`` over sequence shards through Ray Data's file-based parquet datasource, which
+    inspects the files once, here, when the dataset is planned.
+
+    Ray Data's newer parquet path (``DataContext.use_datasource_v2``, Ray 2.60's default) lists the files and reads
+    their footers again at every execution, that is every epoch, on a pool of footer-reading actors it starts and
+    kills each time (new worker processes): on an idle 2-core node an epoch's first batch came after 1.5-2 s that
+    way against ~0.1 s this way, and in the quickstart a middle epoch took 1.40x as long (benchmarks/epoch_stream.py;
+    benchmarks/RESULTS.md has the first-batch timings). The context flag is set for this one call (under a lock) and
+    restored, so a flag set in code is ignored here; RAY_DATA_USE_DATASOURCE_V2 in the environment chooses the path
+    explicitly (1: Ray's newer one)."""
     import ray.data
 
     ctx = ray.data.DataContext.get_current()
     if "RAY_DATA_USE_DATASOURCE_V2" in os.environ or not hasattr(ctx, "use_datasource_v2"):
         return ray.data.read_parquet(files)
-    before, ctx.use_datasource_v2 = ctx.use_datasource_v2, False
-    try:
-        return ray.data.read_parquet(files)
-    finally:
-        ctx.use_datasource_v2 = before
+    with _CONTEXT_FLAG:
+        before, ctx.use_datasource_v2 = ctx.use_datasource_v2, False
+        try:
+            return ray.data.read_parquet(files)
+        finally:
+            ctx.use_datasource_v2 = before
 
 
 def build_datasets(run: Path, sids: np.ndarray, max_history: int, splits=("train", "valid", "test"),
@@ -216,14 +222,17 @@ SHUFFLE_WINDOW = 4  # train_batches' local shuffle draws each micro-batch from t
 
 def local_shuffle(batches: Iterable[dict[str, np.ndarray]], batch_size: int, buffer_rows: int,
                   seed: int | None = None) -> Iterator[dict[str, np.ndarray]]:
-    """Batches of ``batch_size`` rows drawn at random from a buffer: each time it fills to ``buffer_rows`` +
-    ``batch_size`` rows, one batch is drawn and ``buffer_rows`` stay; at the end of the stream the buffer is drained
-    (a last batch of fewer rows is dropped). The draws depend only on the incoming row order and ``seed``, not on
-    how the rows arrive cut into blocks or batches: Ray Data's own local shuffle draws from whole blocks, whose size
-    depends on the parquet reader, the cluster's CPUs and the Ray version, so the same seed would give other batches
-    elsewhere. Columns must keep their trailing shapes across batches (SidMapper pads them)."""
+    """Batches of ``batch_size`` rows drawn at random from a buffer: each time it fills to ``buffer_rows`` rows (at
+    least ``batch_size``), one batch is drawn from it; at the end of the stream the buffer is drained (a last batch
+    of fewer rows is dropped). The draws depend only on the incoming row order and ``seed``, not on how the rows
+    arrive cut into blocks or batches: Ray Data's own local shuffle draws from whole blocks, whose size depends on
+    the parquet reader, the cluster's CPUs and the Ray version, so the same seed would give other batches elsewhere.
+    (Which rows reach each of several workers still depends on the blocks: Ray's streaming split hands out whole
+    blocks.) Every batch must hold the same columns, each keeping its trailing shape (SidMapper pads them)."""
+    if batch_size < 1:
+        raise ValueError(f"local_shuffle: batch_size must be >= 1, got {batch_size}")
     rng = np.random.default_rng(seed)
-    full = max(buffer_rows, 0) + batch_size
+    full = max(buffer_rows, batch_size)
     buf: dict[str, np.ndarray] | None = None
 
     def size() -> int:
@@ -239,6 +248,10 @@ def local_shuffle(batches: Iterable[dict[str, np.ndarray]], batch_size: int, buf
         return out
 
     for b in batches:
+        if not b:
+            continue
+        if buf is not None and b.keys() != buf.keys():
+            raise ValueError(f"local_shuffle: a batch with columns {sorted(b)} after batches with {sorted(buf)}")
         n, i = len(next(iter(b.values()))), 0
         while i < n:
             j = min(n, i + full - size())
@@ -268,9 +281,9 @@ def _to_torch(batch: dict[str, np.ndarray]) -> dict[str, Any]:
 
 def train_batches(shard, micro_batch: int, seed: int | None = None, group: int = 1, multiple: int = 1,
                   chunks: int = 1):
-    """One epoch of training batches from a worker's shard (or a whole dataset): full micro-batches, locally
-    shuffled over SHUFFLE_WINDOW batches' worth of rows (``local_shuffle``; ``seed`` fixes that shuffle; the worker derives it from train.seed,
-    the rank and the epoch), length-grouped over ``group`` micro-batches (train.length_grouping; 1 = off), trimmed
+    """One epoch of training batches from a worker's shard (or a whole dataset): full micro-batches, each drawn
+    from SHUFFLE_WINDOW micro-batches' worth of rows (``local_shuffle``; ``seed`` fixes the draws; the worker derives
+    it from train.seed, the rank and the epoch), length-grouped over ``group`` micro-batches (train.length_grouping; 1 = off), trimmed
     to each batch's longest history and, with ``chunks`` > 1 (train.encoder_chunks), sorted by length with
     ``encoder_chunks`` for the model, as torch tensors on the CPU. The training worker and the speed benchmark's
     ingest row both use it."""

@@ -23,7 +23,8 @@ def _write_run(folder, n=300, files=3):
 def _footer_reader_actors() -> int:
     from ray.util.state import list_actors
 
-    return len(list_actors(filters=[("class_name", "=", "FooterReader")], detail=False, raise_on_missing_output=False))
+    return len(list_actors(filters=[("class_name", "=", "FooterReader")], detail=False, limit=10_000,
+                           raise_on_missing_output=False))
 
 
 @pytest.mark.parametrize("ray_v2", [False, True], ids=["default", "RAY_DATA_USE_DATASOURCE_V2=1"])
@@ -32,10 +33,13 @@ def test_epochs_do_not_start_footer_reading_actors(ray_session, tmp_path, monkey
 
     from s2gr_ray.training.data_pipeline import build_datasets
 
-    if ray_v2:
-        monkeypatch.setenv("RAY_DATA_USE_DATASOURCE_V2", "1")
     if not hasattr(ray.data.DataContext.get_current(), "use_datasource_v2"):
         pytest.skip("this Ray has one parquet path only")
+    monkeypatch.delenv("RAY_DATA_USE_DATASOURCE_V2", raising=False)
+    # Ray's default (and a flag set in code) is the V2 path: the default case shows read_shards leaves it aside
+    monkeypatch.setattr(ray.data.DataContext.get_current(), "use_datasource_v2", True)
+    if ray_v2:
+        monkeypatch.setenv("RAY_DATA_USE_DATASOURCE_V2", "1")
     sids = _write_run(tmp_path)
     before = _footer_reader_actors()
     flag = ray.data.DataContext.get_current().use_datasource_v2
@@ -56,8 +60,14 @@ def test_epochs_do_not_start_footer_reading_actors(ray_session, tmp_path, monkey
 def test_training_batches_do_not_depend_on_the_reader_or_its_blocks(ray_session, tmp_path, monkeypatch):
     """The two parquet paths cut the same rows into other blocks; train_batches' local shuffle gives the same
     batches from both (Ray Data's own local shuffle, drawing from whole blocks, did not)."""
+    import ray.data
+
     from s2gr_ray.training.data_pipeline import build_datasets, train_batches
 
+    if not hasattr(ray.data.DataContext.get_current(), "use_datasource_v2"):
+        pytest.skip("this Ray has one parquet path only")
+    monkeypatch.delenv("RAY_DATA_USE_DATASOURCE_V2", raising=False)
+    monkeypatch.setattr(ray.data.DataContext.get_current(), "use_datasource_v2", True)
     sids = _write_run(tmp_path, n=3000, files=1)  # one file: the file-based reader cuts it into several blocks
 
     def epoch(seed):
@@ -66,10 +76,10 @@ def test_training_batches_do_not_depend_on_the_reader_or_its_blocks(ray_session,
         return [b["user_id"].tolist() for b in train_batches(ds, 32, seed=seed)]
 
     default = epoch(5)
-    monkeypatch.setenv("RAY_DATA_USE_DATASOURCE_V2", "1")
-    assert epoch(5) == default
     assert len(default) == 3000 // 32 and len({u for b in default for u in b}) == 32 * (3000 // 32)
     assert epoch(6) != default
+    monkeypatch.setenv("RAY_DATA_USE_DATASOURCE_V2", "1")
+    assert epoch(5) == default
 
 
 def _rows(n):
@@ -97,7 +107,7 @@ def test_local_shuffle_draws_full_batches_from_a_window_the_same_however_the_row
     seen = np.concatenate([b["user_id"] for b in ref])
     assert len(np.unique(seen)) == len(seen)  # each row at most once
     assert all(np.array_equal(b["history"][:, 0, 0], b["user_id"] * 6) for b in ref)  # columns stay aligned
-    assert set(ref[0]["user_id"]) <= set(range(160)) and sorted(ref[0]["user_id"]) != list(ref[0]["user_id"])
+    assert set(ref[0]["user_id"]) <= set(range(128)) and sorted(ref[0]["user_id"]) != list(ref[0]["user_id"])
     for sizes in ([7] * 200, [1, 999], [32] * 40, [500, 3, 300]):
         out = list(local_shuffle(_cut(rows, sizes), 32, 128, seed=3))
         assert all(np.array_equal(a["user_id"], b["user_id"]) for a, b in zip(ref, out)) and len(out) == len(ref)
@@ -105,3 +115,8 @@ def test_local_shuffle_draws_full_batches_from_a_window_the_same_however_the_row
     assert not all(np.array_equal(a["user_id"], b["user_id"]) for a, b in zip(ref, other))
     assert list(local_shuffle([], 32, 128, seed=0)) == []
     assert [len(b["user_id"]) for b in local_shuffle(_cut(_rows(40), [40]), 32, 128, seed=0)] == [32]
+    assert len(list(local_shuffle([{}, *_cut(rows, [500, 500])], 32, 128, seed=3))) == len(ref)  # empty batch skipped
+    with pytest.raises(ValueError, match="batch_size must be >= 1"):
+        list(local_shuffle(_cut(rows, [1000]), 0, 128))
+    with pytest.raises(ValueError, match=r"columns \['user_id'\] after batches with \['history', 'user_id'\]"):
+        list(local_shuffle([_cut(rows, [1000])[0], {"user_id": np.arange(5)}], 32, 128))
