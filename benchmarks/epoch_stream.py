@@ -125,8 +125,9 @@ def main() -> None:
         w.writeheader()
         w.writerows(rows)
     b, a = mean["ray_v2"], mean["file_based"]
-    cmd = " ".join(["python benchmarks/epoch_stream.py", *(["--config", os.path.relpath(args.config, ROOT)]
-                                                            if Path(args.config).resolve() != ROOT / "configs" / "quickstart.yaml" else []),
+    default_config = Path(args.config).resolve() == ROOT / "configs" / "quickstart.yaml"
+    cmd = " ".join(["python benchmarks/epoch_stream.py",
+                    *([] if default_config else ["--config", os.path.relpath(args.config, ROOT)]),
                     *(["--rounds", str(args.rounds)] if args.rounds != 2 else []),
                     *(["--tag", args.tag] if args.tag else []), *args.overrides])
     md = ["# Starting an epoch's Ray Data stream: Ray's parquet V2 path vs the file-based reader",
@@ -139,9 +140,11 @@ def main() -> None:
           "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     md += ["| " + " | ".join(str(r[h]) for h in header) + " |" for r in rows]
     md += ["",
-           f"- mean over rounds, ray_v2 / file_based: training {b['train_s_middle']:.2f} / {a['train_s_middle']:.2f} s, "
+           f"- mean over rounds, ray_v2 / file_based: training {b['train_s_middle']:.2f} / "
+           f"{a['train_s_middle']:.2f} s, "
            f"validation {b['valid_s_middle']:.2f} / {a['valid_s_middle']:.2f} s, epoch (training + validation) "
-           f"{b['epoch_s_middle']:.2f} / {a['epoch_s_middle']:.2f} s (**{b['epoch_s_middle'] / a['epoch_s_middle']:.2f}x**), "
+           f"{b['epoch_s_middle']:.2f} / {a['epoch_s_middle']:.2f} s "
+           f"(**{b['epoch_s_middle'] / a['epoch_s_middle']:.2f}x**), "
            f"fit {b['fit_s']:.1f} / {a['fit_s']:.1f} s (**{b['fit_s'] / a['fit_s']:.2f}x**)",
            f"- test metrics identical in every run of a reader (deterministic): {'yes' if same else 'NO'}",
            "- test metrics identical across readers: "

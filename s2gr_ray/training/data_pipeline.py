@@ -107,10 +107,10 @@ def read_shards(files: list[str]):
     Ray Data's newer parquet path (``DataContext.use_datasource_v2``, Ray 2.60's default) lists the files and reads
     their footers again at every execution, that is every epoch, on a pool of footer-reading actors it starts and
     kills each time (new worker processes): on an idle 2-core node an epoch's first batch came after 1.5-2 s that
-    way against ~0.1 s this way, and in the quickstart a middle epoch took 1.40x as long (benchmarks/epoch_stream.py;
-    benchmarks/RESULTS.md has the first-batch timings). The context flag is set for this one call (under a lock) and
-    restored, so a flag set in code is ignored here; RAY_DATA_USE_DATASOURCE_V2 in the environment chooses the path
-    explicitly (1: Ray's newer one)."""
+    way against ~0.1 s this way, and in the quickstart a middle epoch took 1.2-1.4x as long
+    (benchmarks/epoch_stream.py; benchmarks/RESULTS.md has the first-batch timings). The context flag is set for
+    this one call (under a lock) and restored, so a flag set in code is ignored here; RAY_DATA_USE_DATASOURCE_V2 in
+    the environment chooses the path explicitly (1: Ray's newer one)."""
     import ray.data
 
     ctx = ray.data.DataContext.get_current()
@@ -283,10 +283,10 @@ def train_batches(shard, micro_batch: int, seed: int | None = None, group: int =
                   chunks: int = 1):
     """One epoch of training batches from a worker's shard (or a whole dataset): full micro-batches, each drawn
     from SHUFFLE_WINDOW micro-batches' worth of rows (``local_shuffle``; ``seed`` fixes the draws; the worker derives
-    it from train.seed, the rank and the epoch), length-grouped over ``group`` micro-batches (train.length_grouping; 1 = off), trimmed
-    to each batch's longest history and, with ``chunks`` > 1 (train.encoder_chunks), sorted by length with
-    ``encoder_chunks`` for the model, as torch tensors on the CPU. The training worker and the speed benchmark's
-    ingest row both use it."""
+    it from train.seed, the rank and the epoch), length-grouped over ``group`` micro-batches
+    (train.length_grouping; 1 = off), trimmed to each batch's longest history and, with ``chunks`` > 1
+    (train.encoder_chunks), sorted by length with ``encoder_chunks`` for the model, as torch tensors on the CPU. The
+    training worker and the speed benchmark's ingest row both use it."""
     batches = local_shuffle(shard.iter_batches(batch_size=micro_batch, batch_format="numpy"), micro_batch,
                             micro_batch * SHUFFLE_WINDOW, seed)
     if group > 1:
