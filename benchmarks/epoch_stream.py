@@ -18,7 +18,6 @@ the same ones in every round). Writes benchmarks/results/epoch_stream{tag}.{md,c
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import platform
@@ -33,24 +32,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from eval_replay import prepare, write_csv  # noqa: E402
 from provenance import commit  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
 # variant -> environment of its run
 VARIANTS = {"ray_v2": {"RAY_DATA_USE_DATASOURCE_V2": "1"}, "file_based": {}}
-
-
-def prepare(run: Path, config: str, over: list[str]) -> None:
-    from s2gr_ray.config import load_config
-    from s2gr_ray.data.embed import embed_stage
-    from s2gr_ray.data.prepare import prepare_stage
-    from s2gr_ray.tokenizer.stage import tokenize_stage
-
-    cfg = load_config(config, over)
-    quiet = lambda msg: None  # noqa: E731
-    prepare_stage(cfg, run, quiet)
-    embed_stage(cfg, run, quiet)
-    tokenize_stage(cfg, run, log=quiet)
 
 
 def train_one(run: Path, config: str, over: list[str], extra_env: dict[str, str]) -> dict:
@@ -94,7 +81,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="s2gr-epoch-stream-") as tmp:
         run = Path(tmp) / "run"
         print(f"[epoch_stream] preparing {args.config} in {run}", flush=True)
-        prepare(run, args.config, args.overrides)
+        prepare(run, args.overrides, args.config)
         for rnd in range(1, args.rounds + 1):
             order = list(VARIANTS) if rnd % 2 else list(VARIANTS)[::-1]
             for variant in order:
@@ -118,12 +105,8 @@ def main() -> None:
     # batches depend on the blocks by design, so the readers are compared only with one worker and the local order
     comparable = cfg.train.num_workers == 1 and cfg.train.shuffle == "local"
     header = list(rows[0])
-    RESULTS.mkdir(parents=True, exist_ok=True)
     out_path = RESULTS / f"epoch_stream{args.tag}"
-    with open(out_path.with_suffix(".csv"), "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=header)
-        w.writeheader()
-        w.writerows(rows)
+    write_csv(out_path.with_suffix(".csv"), rows)
     b, a = mean["ray_v2"], mean["file_based"]
     default_config = Path(args.config).resolve() == ROOT / "configs" / "quickstart.yaml"
     cmd = " ".join(["python benchmarks/epoch_stream.py",

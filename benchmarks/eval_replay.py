@@ -47,17 +47,27 @@ def overrides(users: int, epochs: int) -> list[str]:
     ]
 
 
-def prepare(run: Path, over: list[str]) -> None:
+def prepare(run: Path, over: list[str], config: str | None = None) -> None:
+    """Prepare, embed and tokenize RUN from CONFIG (None: the defaults) with the overrides ``over``, quietly."""
     from s2gr_ray.config import load_config
     from s2gr_ray.data.embed import embed_stage
     from s2gr_ray.data.prepare import prepare_stage
     from s2gr_ray.tokenizer.stage import tokenize_stage
 
-    cfg = load_config(None, over)
+    cfg = load_config(config, over)
     quiet = lambda msg: None  # noqa: E731
     prepare_stage(cfg, run, quiet)
     embed_stage(cfg, run, quiet)
     tokenize_stage(cfg, run, log=quiet)
+
+
+def write_csv(path: Path, rows: list[dict]) -> None:
+    """One row per dict, the columns of the first row."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
 
 
 def train_one(run: Path, over: list[str], name: str, keep_bytes: str | None) -> dict:
@@ -104,12 +114,8 @@ def main() -> None:
     same = all(a == b for a, b in zip(*valid.values()))
     ratio = rows[1]["eval_s_mean_epochs_2_on"] / max(rows[0]["eval_s_mean_epochs_2_on"], 1e-9)
     header = list(rows[0])
-    RESULTS.mkdir(parents=True, exist_ok=True)
     out = RESULTS / f"eval_replay{args.tag}"
-    with open(out.with_suffix(".csv"), "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=header)
-        w.writeheader()
-        w.writerows(rows)
+    write_csv(out.with_suffix(".csv"), rows)
     users_valid = int(valid["replayed"][0].get("valid/count", 0))
     md = ["# Validation replayed from memory vs read through Ray Data every epoch",
           "",
