@@ -213,6 +213,39 @@ def sid_pairing(by_arm: dict[str, list[dict]], other: str, seeds: list[int]) -> 
             "were tokenized apart, e.g. on other machines, so those pairs also compare tokenizer fits)")
 
 
+# the commit from which train_batches' local shuffle no longer depends on Ray Data's blocks: the same seed gives
+# other batches than at earlier commits, so a pair trained on both sides of it differs in its data order too
+DATA_ORDER_CHANGE = "3a573be"
+
+
+def trained_after_order_change(commit: str) -> bool | None:
+    """Whether a row's training commit includes DATA_ORDER_CHANGE (True / False), None when git cannot say (no
+    repository, an unknown or empty commit)."""
+    import subprocess
+
+    commit = (commit or "").removesuffix("-dirty")
+    if not commit:
+        return None
+    done = subprocess.run(["git", "merge-base", "--is-ancestor", DATA_ORDER_CHANGE, commit], cwd=REPO,
+                          capture_output=True, text=True)
+    return {0: True, 1: False}.get(done.returncode)
+
+
+def order_pairing(by_arm: dict[str, list[dict]], other: str, seeds: list[int]) -> str:
+    """For a paired-gain line: a remark when S²GR and the other arm of a seed were trained on different sides of
+    DATA_ORDER_CHANGE (other batches for the same seed); "" otherwise or where git cannot tell."""
+    commits = {(r["arm"], r["seed"]): str(r.get("commit") or "") for rs in by_arm.values() for r in rs}
+    differ = []
+    for seed in seeds:
+        sides = {trained_after_order_change(commits.get((arm, seed), "")) for arm in ("s2gr", other)}
+        if sides == {True, False}:
+            differ.append(seed)
+    if not differ:
+        return ""
+    return (f" (**data order differs** in seed{'s' if len(differ) > 1 else ''} {', '.join(map(str, differ))}: one "
+            f"arm was trained before {DATA_ORDER_CHANGE}, whose local shuffle gives other batches for the same seed)")
+
+
 def summarize(rows: list[dict]) -> list[str]:
     """Markdown: mean ± std over seeds per arm, and the S²GR vs TIGER gain."""
     by_arm: dict[str, list[dict]] = {}
@@ -259,7 +292,8 @@ def summarize(rows: list[dict]) -> list[str]:
         if gains:
             lines.append(f"- {claim}, test standard view, seed{'s' if len(seeds) > 1 else ''} "
                          f"{', '.join(map(str, seeds))}: " + ", ".join(f"{c} {g:+.1f}%" for c, g in gains.items())
-                         + f"; average {statistics.mean(gains.values()):+.1f}%" + sid_pairing(by_arm, other, seeds))
+                         + f"; average {statistics.mean(gains.values()):+.1f}%" + sid_pairing(by_arm, other, seeds)
+                         + order_pairing(by_arm, other, seeds))
     users = [r.get("test_users") for r in rows if r.get("test_users")]
     if users and ("tiger", "recall@10") in means:
         r = means[("tiger", "recall@10")]

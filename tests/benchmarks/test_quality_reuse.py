@@ -127,6 +127,27 @@ def test_gain_lines_say_whether_a_pair_trained_on_the_same_semantic_ids(tmp_path
     assert not any("SIDs" in ln for ln in q.summarize(tiger))
 
 
+def test_gain_lines_say_when_a_pair_was_trained_on_both_sides_of_the_data_order_change(load_script):
+    q = load_script("quality")
+    before, after = "8072b09", q.DATA_ORDER_CHANGE  # the commits right before and at the change
+    if q.trained_after_order_change(before) is None:
+        pytest.skip("this checkout has no git history to place commits by")
+    assert q.trained_after_order_change(before) is False and q.trained_after_order_change(after) is True
+    assert q.trained_after_order_change(after + "-dirty") is True
+    assert q.trained_after_order_change("") is None and q.trained_after_order_change("0000000") is None
+    metrics = {"recall@5": 0.02, "ndcg@5": 0.01, "recall@10": 0.03, "ndcg@10": 0.015}
+    rows = [{"arm": "tiger_coba", "seed": 0, **metrics, "commit": before},
+            {"arm": "tiger_coba", "seed": 1, **metrics, "commit": after},
+            {"arm": "s2gr", "seed": 0, **metrics, "commit": after},
+            {"arm": "s2gr", "seed": 1, **metrics, "commit": after}]
+    line = next(ln for ln in q.summarize(rows) if "TIGER with the CoBa tokenizer" in ln)
+    assert "data order differs** in seed 0:" in line
+    rows[0]["commit"] = after
+    assert not any("data order" in ln for ln in q.summarize(rows))
+    rows[0]["commit"] = ""  # unknown: no remark
+    assert not any("data order" in ln for ln in q.summarize(rows))
+
+
 @pytest.mark.parametrize("remote", [False, True])
 def test_force_forgets_the_metrics_and_the_checkpoints_local_or_at_a_uri(tmp_path, remote, load_script):
     """--force must not leave old metrics under new settings, nor checkpoints Ray Train would resume; a
