@@ -22,7 +22,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,29 +31,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from eval_replay import prepare, write_csv  # noqa: E402
+from eval_replay import prepare, train_subprocess, write_csv  # noqa: E402
 from provenance import commit  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
-# variant -> environment of its run
-VARIANTS = {"ray_v2": {"RAY_DATA_USE_DATASOURCE_V2": "1"}, "file_based": {}}
-
-
-def train_one(run: Path, config: str, over: list[str], extra_env: dict[str, str]) -> dict:
-    """One training run in a fresh process (its own local Ray); returns train_stage's metrics.json content."""
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_DATA_USE_DATASOURCE_V2")}
-    env.update(extra_env)
-    code = ("import json, sys; from pathlib import Path; from s2gr_ray.config import load_config; "
-            "from s2gr_ray.training.driver import train_stage; "
-            "out = train_stage(load_config(sys.argv[1], json.loads(sys.argv[2])), Path(sys.argv[3]), lambda m: None); "
-            "print('RESULT ' + json.dumps(out))")
-    done = subprocess.run([sys.executable, "-c", code, config, json.dumps(over), str(run)],
-                          env=env, cwd=ROOT, capture_output=True, text=True)
-    lines = [ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")]
-    if done.returncode or not lines:
-        raise SystemExit(f"training failed (exit {done.returncode}) with {over}:\n{done.stdout[-3000:]}\n"
-                         f"{done.stderr[-3000:]}")
-    return json.loads(lines[-1][len("RESULT "):])
+# variant -> RAY_DATA_USE_DATASOURCE_V2 in its run's environment (None: unset, the project's choice)
+VARIANTS = {"ray_v2": "1", "file_based": None}
 
 
 def summarize(variant: str, rnd: int, out: dict) -> dict:
@@ -87,7 +69,7 @@ def main() -> None:
             for variant in order:
                 print(f"[epoch_stream] round {rnd}: {variant} reader", flush=True)
                 over = [*args.overrides, f"train.run_name={variant}_{rnd}"]
-                out = train_one(run, args.config, over, VARIANTS[variant])
+                out = train_subprocess(run, over, args.config, {"RAY_DATA_USE_DATASOURCE_V2": VARIANTS[variant]})
                 rows.append(summarize(variant, rnd, out))
                 tests[variant].append(out["test"])
                 print(f"[epoch_stream]   {rows[-1]}", flush=True)

@@ -70,22 +70,29 @@ def write_csv(path: Path, rows: list[dict]) -> None:
         w.writerows(rows)
 
 
-def train_one(run: Path, over: list[str], name: str, keep_bytes: str | None) -> dict:
-    """One variant in a fresh process (its own local Ray, whose workers read S2GR_EVAL_KEEP_BYTES)."""
-    env = {k: v for k, v in os.environ.items() if k not in ("S2GR_EVAL_KEEP_BYTES", "RAY_ADDRESS")}
-    if keep_bytes is not None:
-        env["S2GR_EVAL_KEEP_BYTES"] = keep_bytes
+def train_subprocess(run: Path, over: list[str], config: str | None = None,
+                     env: dict[str, str | None] | None = None) -> dict:
+    """Train RUN (CONFIG, None = the defaults, with the overrides ``over``) in a fresh process with its own local
+    Ray, whose workers inherit ``env`` (a value sets a variable, None removes it); returns train_stage's metrics
+    (metrics.json's content) with ``wall``, the seconds of the whole process."""
+    child = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    for key, value in (env or {}).items():
+        if value is None:
+            child.pop(key, None)
+        else:
+            child[key] = value
     code = ("import json, sys; from pathlib import Path; from s2gr_ray.config import load_config; "
             "from s2gr_ray.training.driver import train_stage; "
-            "out = train_stage(load_config(None, json.loads(sys.argv[1])), Path(sys.argv[2]), lambda m: None); "
-            "print('RESULT ' + json.dumps(out['history']))")
+            "out = train_stage(load_config(json.loads(sys.argv[1]), json.loads(sys.argv[2])), Path(sys.argv[3]), "
+            "lambda m: None); print('RESULT ' + json.dumps(out))")
     t = time.time()
-    done = subprocess.run([sys.executable, "-c", code, json.dumps(over + [f"train.run_name={name}"]), str(run)],
-                          env=env, cwd=ROOT, capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-c", code, json.dumps(config), json.dumps(over), str(run)],
+                          env=child, cwd=ROOT, capture_output=True, text=True)
     lines = [ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")]
     if done.returncode or not lines:
-        raise SystemExit(f"variant {name!r} failed (exit {done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
-    return {"history": json.loads(lines[-1][len("RESULT "):]), "wall": time.time() - t}
+        raise SystemExit(f"training failed (exit {done.returncode}) with {over}:\n{done.stdout[-3000:]}\n"
+                         f"{done.stderr[-3000:]}")
+    return {**json.loads(lines[-1][len("RESULT "):]), "wall": time.time() - t}
 
 
 def main() -> None:
@@ -104,7 +111,8 @@ def main() -> None:
         prepare(run, over)
         for i, (label, keep) in enumerate(VARIANTS.items()):
             print(f"[eval_replay] training {args.epochs} epochs: validation {label}", flush=True)
-            out = train_one(run, over, f"variant{i}", keep)
+            # each variant in its own process: its local Ray's workers read S2GR_EVAL_KEEP_BYTES
+            out = train_subprocess(run, over + [f"train.run_name=variant{i}"], env={"S2GR_EVAL_KEEP_BYTES": keep})
             secs = [h["eval_seconds"] for h in out["history"]]
             valid[label] = [{k: v for k, v in h.items() if k.startswith("valid/") and k != "valid/best"}
                             for h in out["history"]]

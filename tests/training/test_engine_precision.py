@@ -40,17 +40,14 @@ def test_amp_autocasts_the_forward_in_bf16():
 def one_process_group():
     """A one-rank gloo process group, as DeepSpeed needs one (no Ray). One per module: DeepSpeed caches the group
     it first sees, so the tests share it and it is destroyed after the last."""
-    import socket
-
     import torch.distributed as dist
+
+    from s2gr_ray.training.ray_env import free_port
 
     with pytest.MonkeyPatch.context() as mp:
         if not dist.is_initialized():
-            with socket.socket() as sock:
-                sock.bind(("127.0.0.1", 0))
-                port = sock.getsockname()[1]
             mp.setenv("MASTER_ADDR", "127.0.0.1")
-            mp.setenv("MASTER_PORT", str(port))
+            mp.setenv("MASTER_PORT", str(free_port()))
             for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_WORLD_SIZE", "1")):
                 mp.setenv(key, value)
             dist.init_process_group("gloo", rank=0, world_size=1)
