@@ -6,10 +6,18 @@ compiles and deletes it when done; a builder that is killed mid-build (a Ray wor
 or the end of a job) leaves the file behind, and every later `deepspeed.initialize` on the machine then waits on it
 forever, silently. `clear_stale_lock` runs before DeepSpeed starts: a lock that no process on this host holds open
 and that has not gone away within `grace_s` is removed, with a line saying so.
+
+torch's default build root (`~/.cache/torch_extensions`) is shared by every Python environment of the user, and the
+build of an op records its compiler flags, which name the environment's include folders: two checkouts with their
+own virtual environments would rebuild the op each time the other one used it last (40-75 s and ~3 GiB of compiler
+processes, inside the training run). `use_environment_build_root` gives each environment its own folder under that
+root unless TORCH_EXTENSIONS_DIR is set.
 """
 from __future__ import annotations
 
+import hashlib
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -17,8 +25,25 @@ from typing import Callable
 SHM_OP = "deepspeed_shm_comm"
 
 
+def environment_build_root() -> Path:
+    """This Python environment's own build root: `<torch's default root>/env-py<XY>-<hash of sys.prefix>`."""
+    from torch.utils.cpp_extension import get_default_build_root
+
+    tag = hashlib.sha256(sys.prefix.encode()).hexdigest()[:12]
+    return Path(get_default_build_root()) / f"env-py{sys.version_info.major}{sys.version_info.minor}-{tag}"
+
+
+def use_environment_build_root() -> Path:
+    """Set TORCH_EXTENSIONS_DIR to `environment_build_root()` unless it is set already; the folder torch builds
+    JIT extensions under from now on in this process (and in the processes it starts)."""
+    if not os.environ.get("TORCH_EXTENSIONS_DIR"):
+        os.environ["TORCH_EXTENSIONS_DIR"] = str(environment_build_root())
+    return Path(os.environ["TORCH_EXTENSIONS_DIR"])
+
+
 def build_dir(op: str) -> Path:
-    """Where torch builds (and locks) the extension `op` (TORCH_EXTENSIONS_DIR, else torch's cache)."""
+    """Where torch builds (and locks) the extension `op` (under TORCH_EXTENSIONS_DIR, else torch's default root;
+    the engine sets TORCH_EXTENSIONS_DIR first: `use_environment_build_root`)."""
     from torch.utils.cpp_extension import _get_build_directory
 
     return Path(_get_build_directory(op, verbose=False))

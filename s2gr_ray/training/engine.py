@@ -88,9 +88,10 @@ class DeepSpeedEngine:
                  device: torch.device):
         import deepspeed
 
-        if device.type == "cpu":  # the first initialize on a CPU node JIT-builds DeepSpeed's shared-memory op
-            from s2gr_ray.training.ds_ops import clear_stale_lock
+        from s2gr_ray.training.ds_ops import clear_stale_lock, use_environment_build_root
 
+        use_environment_build_root()  # JIT-built ops per Python environment (see ds_ops)
+        if device.type == "cpu":  # the first initialize on a CPU node JIT-builds DeepSpeed's shared-memory op
             clear_stale_lock()
         self.precision = resolve_precision(cfg, device.type == "cuda")
         if cfg.zero_stage == 3 and hasattr(model, "memory_reassociation"):

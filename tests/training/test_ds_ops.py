@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from s2gr_ray.training.ds_ops import SHM_OP, build_dir, clear_stale_lock, lock_holders
+from s2gr_ray.training.ds_ops import (SHM_OP, build_dir, clear_stale_lock, environment_build_root, lock_holders,
+                                     use_environment_build_root)
 
 
 def _lock(root: Path, monkeypatch, age_s: float) -> Path:
@@ -20,6 +21,24 @@ def _lock(root: Path, monkeypatch, age_s: float) -> Path:
     lock.touch()
     os.utime(lock, (time.time() - age_s, time.time() - age_s))
     return lock
+
+
+def test_each_python_environment_builds_the_ops_in_its_own_folder(tmp_path, monkeypatch):
+    """Two checkouts with their own venvs must not rebuild each other's op: the build records the compiler flags,
+    which name the venv's include folders."""
+    from torch.utils.cpp_extension import get_default_build_root
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", "")  # restored (or removed) after the test
+    here = environment_build_root()
+    with monkeypatch.context() as m:
+        m.setattr(sys, "prefix", str(tmp_path / "another-venv"))
+        other = environment_build_root()
+    assert here != other and here.parent == other.parent == Path(get_default_build_root())
+    assert environment_build_root() == here  # stable for one environment
+    assert use_environment_build_root() == here and os.environ["TORCH_EXTENSIONS_DIR"] == str(here)
+    assert build_dir(SHM_OP) == here / SHM_OP
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "chosen"))  # a folder the user chose wins
+    assert use_environment_build_root() == tmp_path / "chosen" and build_dir(SHM_OP) == tmp_path / "chosen" / SHM_OP
 
 
 def test_a_lock_no_process_holds_is_removed_with_a_message(tmp_path, monkeypatch):
@@ -63,7 +82,8 @@ def test_a_deepspeed_engine_starts_despite_a_killed_builds_lock(tmp_path):
     """The real case: a stale lock in the op's build folder. Without the check DeepSpeed waits on it for ever; with
     it the engine starts (a copy of this machine's built op is used where there is one, so nothing recompiles)."""
     ext = tmp_path / "torch_extensions"
-    cached = build_dir(SHM_OP)  # this machine's own build folder (TORCH_EXTENSIONS_DIR, else torch's cache)
+    # this environment's own build folder (TORCH_EXTENSIONS_DIR, else the environment's folder the engine uses)
+    cached = Path(os.environ.get("TORCH_EXTENSIONS_DIR") or environment_build_root()) / SHM_OP
     if (cached / f"{SHM_OP}.so").exists():
         shutil.copytree(cached, ext / SHM_OP, ignore=shutil.ignore_patterns("lock"))
     (ext / SHM_OP).mkdir(parents=True, exist_ok=True)
