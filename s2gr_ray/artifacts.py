@@ -111,7 +111,7 @@ def read_json(path: Path) -> Any:
         raise ArtifactError(f"{path} does not exist")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ArtifactError(f"{path} is not valid JSON ({exc}); the artifact is damaged: rebuild it") from None
 
 

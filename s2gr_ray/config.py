@@ -407,6 +407,17 @@ def validate(cfg: Config) -> Config:
     if d.format != "synthetic" and not d.path:
         raise ConfigError(f"data.path is empty but data.format = {d.format!r} needs a dataset folder; "
                           "pass data.path=/path/to/dataset")
+    if d.format == "synthetic" and d.path:
+        raise ConfigError(f"data.path = {d.path!r} has no effect with data.format = 'synthetic' (the synthetic "
+                          "catalog is generated, nothing is read): set data.format to the dataset's format "
+                          "(sequences, tables, amazon or movielens), or leave data.path empty")
+    if d.format == "synthetic":
+        groups = d.synthetic.num_top_categories * d.synthetic.num_sub_categories
+        if d.synthetic.num_items < groups:
+            raise ConfigError(f"data.synthetic.num_items = {d.synthetic.num_items} is below the number of planted "
+                              f"sub-categories ({d.synthetic.num_top_categories} x {d.synthetic.num_sub_categories}"
+                              f" = {groups}; each needs an item): raise it, or lower "
+                              "data.synthetic.num_top_categories / num_sub_categories")
     if d.kcore > 1 and d.format in ("synthetic", "sequences"):
         raise ConfigError(f"data.kcore = {d.kcore} has no effect with data.format = {d.format!r}: its sequences are "
                           "used as they are; k-core filtering applies to the amazon, movielens and tables formats "

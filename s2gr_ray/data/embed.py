@@ -130,6 +130,11 @@ def load_precomputed(path: Path, raw_ids: list[str]) -> np.ndarray:
         if id_col is None or "embedding" not in table.column_names:
             raise EmbeddingError(f"{path}: needs an id column (raw_id, item_id or asin) and an 'embedding' column; "
                                  f"found {table.column_names}")
+        etype = table.schema.field("embedding").type
+        if not ((pa.types.is_list(etype) or pa.types.is_large_list(etype) or pa.types.is_fixed_size_list(etype))
+                and (pa.types.is_floating(etype.value_type) or pa.types.is_integer(etype.value_type))):
+            raise EmbeddingError(f"{path}: column 'embedding' has type {etype}; it must hold one list of numbers per "
+                                 "item (list<float>; a vector saved through CSV as text must be parsed back first)")
         ids = [str(v) for v in table.column(id_col).to_pylist()]
         vecs = dict(zip(ids, table.column("embedding").to_pylist()))
         if len(vecs) != len(ids):
@@ -149,7 +154,9 @@ def load_precomputed(path: Path, raw_ids: list[str]) -> np.ndarray:
         arr = np.asarray([vecs[r] for r in raw_ids], dtype=np.float32)
     if arr.ndim != 2 or arr.shape[0] != len(raw_ids):
         raise EmbeddingError(f"{path}: shape {arr.shape} does not match the catalog of {len(raw_ids)} items "
-                             "(expected [num_items, dim], row i = item i+1)")
+                             "(expected [num_items, dim], row i = item i+1: the items prepare kept, in the order "
+                             "of raw_id in the run's items.parquet, not the lines of the items file; a parquet "
+                             "with a raw_id and an 'embedding' column needs no order)")
     return arr.astype(np.float32)
 
 

@@ -68,8 +68,9 @@ def category_text(value) -> str:
     return str(value)
 
 
-def read_items_jsonl(path: Path, id_field: str = "item_id") -> dict[str, dict[str, str]]:
-    """items.jsonl: one JSON object per line with an id field and any text fields."""
+def read_items_jsonl(path: Path, id_field: str = "item_id", missing_hint: str = "") -> dict[str, dict[str, str]]:
+    """items.jsonl: one JSON object per line with an id field and any text fields (``missing_hint``: what an item
+    without the id field is told besides)."""
     out: dict[str, dict[str, str]] = {}
     for lineno, line in iter_lines(path):
         if not line.strip():
@@ -82,12 +83,17 @@ def read_items_jsonl(path: Path, id_field: str = "item_id") -> dict[str, dict[st
             raise DataError(f"{path}:{lineno}: not a JSON object ({type(obj).__name__}); each line must be one "
                             f"item {{\"{id_field}\": ..., ...}}")
         if id_field not in obj:
-            raise DataError(f"{path}:{lineno}: item has no {id_field!r} field")
+            raise DataError(f"{path}:{lineno}: item has no {id_field!r} field" + (f"; {missing_hint}" if missing_hint
+                                                                                      else ""))
         raw = obj[id_field]
         if raw is None or isinstance(raw, (bool, dict, list)) or (isinstance(raw, str) and not raw.strip()):
             shown = "null" if raw is None else json.dumps(raw)
             raise DataError(f"{path}:{lineno}: item {id_field!r} is {shown}; every item needs a non-empty string "
                             "or integer id")
+        if isinstance(raw, float):  # 7.0: the id 7 as the interactions name it (as ids_as_text reads tables)
+            if not raw.is_integer():
+                raise DataError(f"{path}:{lineno}: item {id_field!r} is {raw!r}; ids must be strings or integers")
+            raw = int(raw)
         key = str(raw)
         if key in out:
             raise DataError(f"{path}:{lineno}: duplicate item id {key!r}; item ids must be unique")

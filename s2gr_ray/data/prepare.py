@@ -44,7 +44,21 @@ def check_item_texts(texts: list[dict[str, str]], cfg: Config, source: str,
     the embeddings, and everything trained on them, would otherwise be meaningless. Some empty texts are fine."""
     fields = cfg.data.text_fields
     out = [item_text(t, fields) for t in texts]
+    present: dict[str, None] = {}  # fields with some text, in first-seen order
+    for t in texts:
+        present.update(dict.fromkeys(k for k, v in t.items() if v and v.strip()))
+    shown = ", ".join(list(present)[:30]) + (", ..." if len(present) > 30 else "")
     empty = sum(1 for t in out if not t)
+    if cfg.data.format != "synthetic" and out and empty < len(out):  # (all empty: the error below says it)
+        unused = [f for f in fields if f not in present]
+        if unused and not cfg.embed.path:  # (precomputed vectors: the texts are not embedded)
+            log(f"prepare: no item has text in {unused} of data.text_fields {list(fields)} (item fields with "
+                f"text: {shown}); to embed other fields set data.text_fields, e.g. "
+                f"data.text_fields=[{','.join(list(present)[:3])}]")
+        if cfg.data.category_field and cfg.data.category_field not in present:
+            log(f"prepare: no item has data.category_field {cfg.data.category_field!r} (item fields with text: "
+                f"{shown}): category reports will have no categories; set data.category_field to the item's "
+                "category field, or to '' for none")
     if not empty or not out:
         return out
     if empty < len(out):
@@ -55,10 +69,6 @@ def check_item_texts(texts: list[dict[str, str]], cfg: Config, source: str,
         log(f"prepare: no item has text in data.text_fields {list(fields)}; not needed with embed.path = "
             f"{cfg.embed.path!r}, which does not encode texts")
         return out
-    present: dict[str, None] = {}  # fields with some text, in first-seen order
-    for t in texts:
-        present.update(dict.fromkeys(k for k, v in t.items() if v and v.strip()))
-    shown = ", ".join(list(present)[:30]) + (", ..." if len(present) > 30 else "")
     raise DataError(f"{source}: every item's text is empty: no item has text in data.text_fields = "
                     f"{list(fields)} (item fields with text: {shown or 'none besides the id'}); set "
                     "data.text_fields to the fields to embed, e.g. data.text_fields=[title,brand] (or pass "
@@ -208,6 +218,7 @@ def prepare_stage(cfg: Config, run: Path, log: Callable[[str], None] = print) ->
     for key, count in sorted(raw.skipped.items()):
         if count:
             log(f"prepare: skipped {count:,} record(s): {key.replace('_', ' ')}")
+    _refuse_overwriting_inputs(run, raw.files)
     run.mkdir(parents=True, exist_ok=True)
     with artifacts.atomic_dir(run / ".prepare") as tmp:
         cats = [t.get(cfg.data.category_field, "") if cfg.data.category_field else "" for t in texts]
@@ -340,6 +351,24 @@ def _same_file(saved: list | None, now: list | None, key: str, root: Path | None
 def _input_path(key: str, root: Path | None) -> Path:
     """The file an input key names (the inverse of `_input_key`)."""
     return Path(key) if Path(key).is_absolute() or root is None else root / key
+
+
+# what prepare_stage writes into the run directory (each replaced as a whole)
+OUTPUTS = ("items.parquet", "interactions.parquet", "item_vectors.npy", "sequences", artifacts.MANIFEST)
+
+
+def _refuse_overwriting_inputs(run: Path, inputs: list[Path]) -> None:
+    """Refuse a run directory where prepare would replace a file it has just read (e.g. `--out` set to the dataset
+    folder, whose interactions.parquet is prepare's own output name): the dataset would be lost."""
+    run = Path(run).resolve()
+    for name in OUTPUTS:
+        out = run / name
+        for src in inputs:
+            src = Path(src).resolve()
+            if src == out or out in src.parents:
+                raise DataError(f"prepare: the run directory {run} holds the input {src}, which prepare would "
+                                f"replace with its own {name}; choose another --out (a run directory is "
+                                "written by prepare; keep the dataset outside it)")
 
 
 def _remove(path: Path) -> None:

@@ -202,6 +202,9 @@ def test_train_chain_builds_rebuilds_and_reuses(tmp_path, monkeypatch, capsys):
     (["data.kcore=5"], "data.kcore = 5 has no effect with data.format = 'synthetic'"),
     (["data.format=sequences", "data.path=/d", "data.kcore=5"], "data.kcore = 5 has no effect .* 'sequences'"),
     (["data.format=amazon", "data.path=/d", "data.min_rating=4"], "data.min_rating = 4.0 has no effect .* 'amazon'"),
+    # a dataset path with the (default) synthetic format was read as nothing: the run trained on generated data
+    (["data.path=/data/beauty"], "data.path = '/data/beauty' has no effect with data.format = 'synthetic'"),
+    (["data.synthetic.num_items=20"], r"data.synthetic.num_items = 20 is below .* \(6 x 4 = 24"),
 ])
 def test_a_filter_the_format_would_ignore_fails(overrides, needle):
     with pytest.raises(ConfigError, match=needle):

@@ -29,7 +29,7 @@ def test_base_preset_inherits_and_overrides():
 
 def test_overrides_coerce_types():
     cfg = load_config(None, ["train.lr=3e-4", "tokenizer.codebook_sizes=[8,16]", "model.detach_think=true",
-                             "data.path=/x", "eval.ks=[1,5,10]", "tokenizer.num_coarse=4"])
+                             "data.format=sequences", "data.path=/x", "eval.ks=[1,5,10]", "tokenizer.num_coarse=4"])
     assert cfg.train.lr == pytest.approx(3e-4)
     assert cfg.tokenizer.codebook_sizes == (8, 16)
     assert cfg.model.detach_think is True

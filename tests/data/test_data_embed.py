@@ -82,6 +82,11 @@ def test_malformed_embedding_files_name_the_file_and_the_item(run, tmp_path):
             match=f"raw_id '{raw[2]}' has two rows")
     refused("damaged.parquet", data=b"PAR1 not really", match="cannot read it")
     refused("damaged.npy", data=b"\x93NUMPY garbage", match="cannot read it")
+    # not a list per item: one float per item, or vectors saved as text through CSV
+    refused("scalar.parquet", pa.table({"raw_id": raw, "embedding": [v[0] for v in vecs]}),
+            match="column 'embedding' has type double; it must hold one list of numbers per item")
+    refused("text.parquet", pa.table({"raw_id": raw, "embedding": [str(v) for v in vecs]}),
+            match="column 'embedding' has type string; .*parsed back")
 
 
 def test_synthetic_planted_vectors(run):

@@ -153,3 +153,53 @@ def test_nan_float_ids_are_empty_ids_not_one_made_up_id(tmp_path):
                    tmp_path / "f.parquet")
     with pytest.raises(DataError, match=r"f\.parquet: row 2: empty 'user_id' \(NaN\)"):
         read_tables(_cfg(tmp_path, interactions_file="f.parquet"))
+
+
+def test_other_compressions_and_folders_of_parts_are_named(tmp_path):
+    import bz2
+
+    _write(tmp_path)
+    (tmp_path / "interactions.csv.bz2").write_bytes(bz2.compress(INTER_CSV.encode()))
+    with pytest.raises(DataError, match=r"interactions\.csv\.bz2: a bzip2-compressed file; only uncompressed and gzip"):
+        read_dataset(_cfg(tmp_path, interactions_file="interactions.csv.bz2"))
+    (tmp_path / "items.jsonl.bz2").write_bytes(bz2.compress(b'{"item_id": "b2"}\n'))
+    with pytest.raises(DataError, match="a bzip2-compressed file"):  # (was: "not valid UTF-8; re-encode")
+        read_dataset(_cfg(tmp_path, items_file="items.jsonl.bz2"))
+    parts = tmp_path / "parts.parquet"  # a dataset written as a folder of parts (Spark, Dask)
+    parts.mkdir()
+    pq.write_table(pa.table({"user_id": ["u1"], "item_id": ["b2"]}), parts / "part-0.parquet")
+    with pytest.raises(DataError, match=r"parts\.parquet: a folder, not a file .* data\.interactions_file names one"):
+        read_dataset(_cfg(tmp_path, interactions_file="parts.parquet"))
+
+
+def test_whole_number_float_ids_in_items_jsonl_match_the_interactions(tmp_path):
+    (tmp_path / "inter.csv").write_text("user_id,item_id\nu1,7\nu1,8\nu1,7\n")
+    (tmp_path / "items.jsonl").write_text('{"item_id": 7.0, "title": "Seven"}\n{"item_id": 8, "title": "Eight"}\n')
+    raw = read_dataset(_cfg(tmp_path, interactions_file="inter.csv", items_file="items.jsonl"))
+    assert raw.items == ["7", "8", "7"] and raw.item_text["7"]["title"] == "Seven"
+    (tmp_path / "items.jsonl").write_text('{"item_id": 7.5, "title": "Seven"}\n')
+    with pytest.raises(DataError, match=r"items\.jsonl:1: item 'item_id' is 7\.5; ids must be strings or integers"):
+        read_dataset(_cfg(tmp_path, interactions_file="inter.csv", items_file="items.jsonl"))
+
+
+def test_an_items_file_with_another_id_column_name_says_both_files_share_it(tmp_path):
+    _write(tmp_path, items=ITEMS_CSV.replace("item_id,", "asin,", 1))
+    # (setting data.item_column=asin, as a per-key message would advise, breaks the interactions file instead)
+    with pytest.raises(DataError, match=r"items\.csv: no column 'item_id' .* must have the name of the interactions' "
+                                        r"item column \(data\.item_column = 'item_id'\)"):
+        read_dataset(_cfg(tmp_path))
+    (tmp_path / "items.jsonl").write_text('{"asin": "b2", "title": "Blue"}\n')
+    with pytest.raises(DataError, match=r"items\.jsonl:1: item has no 'item_id' field; the items file's id column"):
+        read_dataset(_cfg(tmp_path, items_file="items.jsonl"))
+
+
+@pytest.mark.parametrize("sep,name,advice", [("\t", "tab", r"name the file \*\.tsv"),
+                                             (";", "semicolon", "rewrite it with commas")])
+def test_a_csv_with_another_separator_is_named(tmp_path, sep, name, advice):
+    _write(tmp_path, inter=INTER_CSV.replace(",", sep))
+    with pytest.raises(DataError, match=rf"interactions\.csv:1: the header .* reads as one column: the file looks "
+                                        rf"{name}-separated.*; {advice}"):
+        read_dataset(_cfg(tmp_path))
+    (tmp_path / "interactions.tsv").write_text(INTER_CSV.replace(",", "\t"))
+    if sep == "\t":  # the same file named *.tsv reads
+        assert len(read_dataset(_cfg(tmp_path, interactions_file="interactions.tsv")).users) == 6

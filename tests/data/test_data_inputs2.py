@@ -44,6 +44,15 @@ def test_missing_artifact_outside_a_run_layout_names_no_wrong_folder(tmp_path):
     assert "--out RUN)" in str(err.value) and f"--out {cache.parent}" not in str(err.value)
 
 
+def test_a_damaged_manifest_is_named_whatever_its_bytes(tmp_path):
+    for name, data in (("bad_json", b"{not json"), ("bad_utf8", b'{"kind": "data\xff\xfe"}')):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / artifacts.MANIFEST).write_bytes(data)
+        with pytest.raises(artifacts.ArtifactError, match=rf"{name}/manifest.json is not valid JSON .* rebuild it"):
+            artifacts.read_manifest(folder, "data")
+
+
 # ---------------------------------------------------------------------------- 2. items.jsonl null ids
 @pytest.mark.parametrize("line, shown", [
     ({"item_id": None, "title": "No id"}, "null"),

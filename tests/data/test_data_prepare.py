@@ -171,3 +171,38 @@ def test_s2gr_run_reuses_a_current_prepare_and_redoes_a_stale_one(tmp_path, monk
     cli._prepare_unless_current(cfg_for(root, "data.rows_per_shard=100"), run)
     assert any("changed since" in line and "re-running `s2gr prepare`" in line for line in lines[seen:])
     assert json.loads(manifest.read_text())["splits"]["test"] == 5
+
+
+def test_a_run_directory_that_holds_the_input_is_refused_and_the_input_kept(tmp_path):
+    """`--out` set to the dataset folder: the tables format's default interactions.parquet is also prepare's own
+    output name, so preparing there would have replaced the dataset with prepare's output."""
+    ds = tmp_path / "ds"
+    ds.mkdir()
+    pq.write_table(pa.table({"user_id": [f"u{u}" for u in range(3) for _ in range(5)],
+                             "item_id": [i for _ in range(3) for i in range(1, 6)],
+                             "timestamp": list(range(15))}), ds / "interactions.parquet")
+    (ds / "items.jsonl").write_text("\n".join(json.dumps(i) for i in ITEMS) + "\n")
+    before = (ds / "interactions.parquet").read_bytes()
+    cfg = load_config(None, ["data.format=tables", f"data.path={ds}"])
+    with pytest.raises(DataError, match=r"holds the input .*interactions\.parquet.*choose another --out"):
+        prepare_stage(cfg, ds, log=lambda s: None)
+    assert (ds / "interactions.parquet").read_bytes() == before and not (ds / "sequences").exists()
+    m = prepare_stage(cfg, tmp_path / "run", log=lambda s: None)  # a separate run directory is fine
+    assert m["num_users"] == 3 and (ds / "interactions.parquet").read_bytes() == before
+
+
+def test_text_and_category_fields_no_item_has_are_named(tmp_path):
+    """MovieLens-like items (title, genres) under the default data.text_fields (title, categories, brand) and
+    data.category_field (categories): the run works, and the log says which configured fields no item has."""
+    ds = write_dataset(tmp_path / "ds", [f"u{u} 1 2 3 4 5" for u in range(3)],
+                       items=[{"item_id": i, "title": f"Film {i}", "genres": "Drama | Comedy"} for i in range(1, 6)])
+    lines: list[str] = []
+    prepare_stage(cfg_for(ds), tmp_path / "run", log=lines.append)
+    text_line = next(ln for ln in lines if "of data.text_fields" in ln)
+    assert "['categories', 'brand']" in text_line and "title, genres" in text_line
+    assert "data.text_fields=[title,genres]" in text_line
+    assert any("no item has data.category_field 'categories'" in ln for ln in lines)
+    lines.clear()  # fields the items have: nothing to say
+    prepare_stage(cfg_for(ds, "data.text_fields=[title,genres]", "data.category_field=genres"), tmp_path / "run2",
+                  log=lines.append)
+    assert not any("no item has" in ln for ln in lines)

@@ -39,9 +39,20 @@ def gzip_error(path: Path, exc: BaseException, lineno: int | None = None) -> Dat
     return DataError(f"{path}: truncated or corrupt gzip{where} ({exc}); download it again")
 
 
+# other compressions, by their magic bytes: no reader here opens them
+_OTHER_COMPRESSIONS = {b"BZh": "bzip2", b"\xfd7zXZ": "xz", b"\x28\xb5\x2f\xfd": "zstd", b"PK\x03\x04": "zip"}
+
+
 def is_gzip(path: Path) -> bool:
+    """True for a gzipped file (by content, not name); a DataError for a bzip2, xz, zstd or zip file, which would
+    otherwise be read as text and fail on its first byte with advice about the encoding."""
     with open(path, "rb") as fh:
-        return fh.read(2) == _GZIP_MAGIC
+        head = fh.read(6)
+    for magic, kind in _OTHER_COMPRESSIONS.items():
+        if head.startswith(magic):
+            raise DataError(f"{path}: a {kind}-compressed file; only uncompressed and gzip files are read: "
+                            f"decompress it (or recompress it with gzip)")
+    return head[:2] == _GZIP_MAGIC
 
 
 def check_gzip(path: Path) -> None:
@@ -60,6 +71,10 @@ def require_file(path: Path, key: str) -> Path:
     path = Path(path)
     if path.is_file():
         return path
+    if path.is_dir():
+        raise DataError(f"{path}: a folder, not a file (a dataset written as parts?); {key} names one file: "
+                        "merge the parts into one file (e.g. pyarrow.parquet.read_table(folder) then write_table) "
+                        f"and set {key}=<file name>")
     folder = path.parent
     present = sorted(p.name for p in folder.iterdir())[:20] if folder.is_dir() else []
     listing = f" (files in {folder}: {', '.join(present) or 'none'})" if folder.is_dir() else ""
@@ -132,7 +147,17 @@ def csv_header(path: Path, delimiter: str) -> list[str]:
         raise DataError(f"{path}:1: header is not valid UTF-8 ({exc.reason}); re-encode the file as UTF-8") from None
     if not text.strip():
         raise DataError(f"{path}:1: empty file or empty header line; the first line must name the columns")
-    return next(csv.reader(io.StringIO(text), delimiter=delimiter))
+    header = next(csv.reader(io.StringIO(text), delimiter=delimiter))
+    if len(header) == 1:  # one column: most likely another separator than the file name says
+        other = next((name for sep, name in (("\t", "tab"), (";", "semicolon"), ("|", "pipe"))
+                      if sep != delimiter and sep in header[0]), None)
+        if other:
+            how = ("name the file *.tsv (or *.tsv.gz)" if other == "tab" else
+                   "rewrite it with commas (or tabs, named *.tsv)")
+            raise DataError(f"{path}:1: the header {header[0][:80]!r} reads as one column: the file looks "
+                            f"{other}-separated, but {'*.tsv' if delimiter == chr(9) else 'a *.csv / *.txt'} file "
+                            f"is read as {'tab' if delimiter == chr(9) else 'comma'}-separated; {how}")
+    return header
 
 
 def _locate_csv_problem(path: Path, delimiter: str, num_columns: int) -> str | None:
@@ -376,16 +401,18 @@ def _text(field: str, value) -> str:
 def read_items_table(path: Path, id_column: str) -> dict[str, dict[str, str]]:
     """Items parquet / CSV / JSONL → raw item id → {field: text} in file order; duplicate ids raise."""
     kind = table_kind(path)
-    keys = {id_column: "data.item_column"}
+    # one key names the item column of both files: renaming it for the items would break the interactions
+    same = (f"the items file's id column must have the name of the interactions' item column (data.item_column "
+            f"= {id_column!r}): rename the id column in one of the two files")
     if kind == "jsonl":
-        return read_items_jsonl(path, id_field=id_column)
+        return read_items_jsonl(path, id_field=id_column, missing_hint=same)
     if kind == "csv":
         header = csv_header(path, _delimiter(path))
-        check_columns(path, header, [id_column], keys)
-        table = read_csv_table(path, None, header, keys)
+        check_columns(path, header, [id_column], {}, same)
+        table = read_csv_table(path, None, header, {}, missing_hint=same)
     else:
-        check_columns(path, parquet_columns(path), [id_column], keys)
-        table = read_parquet_table(path, None, keys)
+        check_columns(path, parquet_columns(path), [id_column], {}, same)
+        table = read_parquet_table(path, None, {})
     ids = ids_as_text(table.column(id_column), path, id_column).to_pylist()
     fields = [c for c in table.column_names if c != id_column]
     columns = {f: table.column(f).to_pylist() for f in fields}
