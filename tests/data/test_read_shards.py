@@ -20,11 +20,13 @@ def _write_run(folder, n=300, files=3):
     return np.random.default_rng(0).integers(0, 4, size=(8, 3)).astype(np.int32)
 
 
-def _footer_reader_actors() -> int:
+def _footer_reader_actors(address: str | None) -> int:
+    """FooterReader actors of this test's Ray (its dashboard's state API: with another Ray up on the machine, the
+    auto-detected address would be ambiguous)."""
     from ray.util.state import list_actors
 
-    return len(list_actors(filters=[("class_name", "=", "FooterReader")], detail=False, limit=10_000,
-                           raise_on_missing_output=False))
+    return len(list_actors(address=address, filters=[("class_name", "=", "FooterReader")], detail=False,
+                           limit=10_000, raise_on_missing_output=False))
 
 
 @pytest.mark.parametrize("ray_v2", [False, True], ids=["default", "RAY_DATA_USE_DATASOURCE_V2=1"])
@@ -41,7 +43,7 @@ def test_epochs_do_not_start_footer_reading_actors(ray_session, tmp_path, monkey
     if ray_v2:
         monkeypatch.setenv("RAY_DATA_USE_DATASOURCE_V2", "1")
     sids = _write_run(tmp_path)
-    before = _footer_reader_actors()
+    before = _footer_reader_actors(ray_session)
     flag = ray.data.DataContext.get_current().use_datasource_v2
     ds = build_datasets(tmp_path, sids, 20, splits=("train",))["train"]
     assert ray.data.DataContext.get_current().use_datasource_v2 == flag  # the driver's context is left as it was
@@ -50,7 +52,7 @@ def test_epochs_do_not_start_footer_reading_actors(ray_session, tmp_path, monkey
     for _ in range(3):
         users = np.concatenate([b["user_id"] for b in it.iter_batches(batch_size=64, batch_format="numpy")])
         assert np.array_equal(users, np.arange(300))  # every row, in file order, each epoch
-    started = _footer_reader_actors() - before
+    started = _footer_reader_actors(ray_session) - before
     if ray_v2:
         assert started > 0  # Ray's newer path: actors started anew for the listing (the cost read_shards avoids)
     else:
