@@ -124,15 +124,18 @@ def lift_early_stop(state: dict, patience: int, max_epochs: int) -> str:
 
 def quiet_report_log() -> None:
     """Ray Train logs every `ray.train.report` with its whole metrics dict at INFO ("Reporting training result N:
-    TrainingReport(...)", ~1.5 kB a line per epoch and rank); the worker's own epoch line already says what
-    matters, so that logger (named by its file in Ray 2.60) is set to WARNING in this process."""
+    TrainingReport(...)", ~1.5 kB a line per epoch and rank) and every saved checkpoint ("Checkpoint successfully
+    created at: Checkpoint(...)"); the worker's own epoch line already says what matters (the checkpoints live under
+    the storage folder the driver names), so those two loggers (named by the file and the module in Ray 2.60) are set
+    to WARNING in this process."""
     import logging
 
     try:
-        from ray.train.v2._internal.execution import context
+        from ray.train.v2._internal.execution import context, storage
     except ImportError:  # another Ray layout: leave its logging alone
         return
     logging.getLogger(context.__file__).setLevel(logging.WARNING)
+    logging.getLogger(storage.__name__).setLevel(logging.WARNING)
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:

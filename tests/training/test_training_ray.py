@@ -126,7 +126,9 @@ def test_resume_continues_the_step_count(base_run, tmp_path, capfd):
     assert second["train"]["steps"] == 2 * steps_one_epoch
     assert len(second["history"]) == 2
     printed = capfd.readouterr()
-    assert "Reporting training result" not in printed.out + printed.err  # quiet_report_log: no metrics-dict dumps
+    # quiet_report_log: no metrics-dict dumps, no line per saved checkpoint
+    assert "Reporting training result" not in printed.out + printed.err
+    assert "Checkpoint successfully created" not in printed.out + printed.err
     printed = printed.out
     assert "resumed from checkpoint: epoch 1" in printed
     assert "the LR schedule keeps the first run's" in printed  # no jump back up when max_epochs grows on resume
