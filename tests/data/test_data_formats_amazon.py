@@ -85,6 +85,14 @@ def test_2023_style_parent_asin(tmp_path):
     assert raw.item_text["P1"]["categories"] == "Beauty > Eyes" and raw.item_text["P1"]["brand"] == "L"
 
 
+def test_reviews_of_another_release_than_the_metadata_are_named(tmp_path):
+    _write(tmp_path / "meta.json.gz", [json.dumps({"parent_asin": "P1", "title": "Mascara"})], gz=True)  # 2023
+    _write(tmp_path / "reviews.json.gz", [json.dumps(r) for r in REVIEWS], gz=True)  # 2014: keyed by asin
+    with pytest.raises(DataError, match=r"reviews\.json\.gz:1: review keyed by 'asin' .* but .*meta\.json\.gz by "
+                                        r"'parent_asin' .* different releases"):
+        read_amazon(_cfg(tmp_path))
+
+
 def test_python_literal_is_never_executed(tmp_path):
     marker = tmp_path / "pwned"
     _write(tmp_path / "meta.json.gz", META_2014 + [f"__import__('pathlib').Path({str(marker)!r}).touch()"], gz=True)

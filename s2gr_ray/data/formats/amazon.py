@@ -129,6 +129,10 @@ def read_amazon(cfg: DataConfig) -> RawDataset:
             continue
         obj = parse_record(line, reviews_path, lineno)
         user = _get(obj, _USER_KEYS, reviews_path, lineno, "user")
+        if id_key == "parent_asin" and "parent_asin" not in obj and "asin" in obj:
+            raise DataError(f"{reviews_path}:{lineno}: review keyed by 'asin' (the 2014/2018 dumps) but "
+                            f"{meta_path} by 'parent_asin' (the 2023 dump): the two files come from different "
+                            "releases; use the review and metadata files of one release")
         item = _get(obj, (id_key,), reviews_path, lineno, "product")
         when = _get(obj, _TIME_KEYS, reviews_path, lineno, "time")
         try:
