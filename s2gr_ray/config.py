@@ -668,6 +668,8 @@ def config_from_dict(data: Mapping[str, Any]) -> Config:
     validated. A saved record is read as it was written: retired keys are dropped, and an ADDED_KEYS key it lacks
     takes the value that reproduces the behaviour it was written with (in the sections the record has)."""
     flat = {k: v for k, v in _flatten_mapping(data).items() if k not in RETIRED_KEYS}
+    if flat.get("data.path") and flat.get("data.format", DataConfig.format) == "synthetic":
+        flat["data.path"] = ""  # never read with the synthetic catalog (refused in configs since, kept in records)
     for key, old in ADDED_KEYS.items():
         if key.split(".")[0] in data and key not in flat:
             flat[key] = old

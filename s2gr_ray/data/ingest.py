@@ -40,7 +40,7 @@ class RawDataset:
     sequences_are_final: bool = False
     item_vectors: dict[str, np.ndarray] | None = None  # planted content vectors (synthetic catalog only)
     notes: list[str] = field(default_factory=list)  # one-line remarks prepare logs (e.g. "file order is used")
-    files: list[Path] = field(default_factory=list)  # the files (or folders of parts) read: prepare fingerprints them
+    files: list[Path] = field(default_factory=list)  # the files read: prepare fingerprints them
 
 
 def iter_lines(path: Path):
@@ -68,6 +68,16 @@ def category_text(value) -> str:
     return str(value)
 
 
+def spelling_hint(item: str, known) -> str:
+    """For an id missing from the items: the same number spelled otherwise there ('7' vs '7.0', as a float column
+    written by pandas gives), else ""."""
+    other = item[:-2] if item.endswith(".0") else f"{item}.0"
+    if other in known:
+        return (f" (the items file spells it {other!r}: ids are compared as text, so write them the same way in "
+                "both files, e.g. whole numbers without '.0')")
+    return ""
+
+
 def read_items_jsonl(path: Path, id_field: str = "item_id", missing_hint: str = "") -> dict[str, dict[str, str]]:
     """items.jsonl: one JSON object per line with an id field and any text fields (``missing_hint``: what an item
     without the id field is told besides)."""
@@ -90,10 +100,6 @@ def read_items_jsonl(path: Path, id_field: str = "item_id", missing_hint: str = 
             shown = "null" if raw is None else json.dumps(raw)
             raise DataError(f"{path}:{lineno}: item {id_field!r} is {shown}; every item needs a non-empty string "
                             "or integer id")
-        if isinstance(raw, float):  # 7.0: the id 7 as the interactions name it (as ids_as_text reads tables)
-            if not raw.is_integer():
-                raise DataError(f"{path}:{lineno}: item {id_field!r} is {raw!r}; ids must be strings or integers")
-            raw = int(raw)
         key = str(raw)
         if key in out:
             raise DataError(f"{path}:{lineno}: duplicate item id {key!r}; item ids must be unique")
@@ -129,8 +135,9 @@ def read_sequences(cfg: DataConfig) -> RawDataset:
         seen_users.add(user)
         for pos, item in enumerate(seq):
             if item not in item_text:
-                raise DataError(f"{seq_path}:{lineno}: item {item!r} (position {pos + 1}) is not in {items_path}; "
-                                "add it to the items file or remove it from the sequence")
+                raise DataError(f"{seq_path}:{lineno}: item {item!r} (position {pos + 1}) is not in {items_path}"
+                                f"{spelling_hint(item, item_text)}; add it to the items file or remove it from the "
+                                "sequence")
             users.append(user)
             items.append(item)
             orders.append(pos)

@@ -41,7 +41,9 @@ def check_item_texts(texts: list[dict[str, str]], cfg: Config, source: str,
                      log: Callable[[str], None] = print) -> list[str]:
     """Each item's text to embed (`item_text`). When no item gets any text from data.text_fields and the texts
     are what the embed stage encodes (embed.path = ""), raise naming the fields configured and those present:
-    the embeddings, and everything trained on them, would otherwise be meaningless. Some empty texts are fine."""
+    the embeddings, and everything trained on them, would otherwise be meaningless. Some empty texts are fine.
+    Configured text fields (unless embed.path makes texts moot) and a data.category_field that no item has are
+    logged with the fields the items do have (not for the synthetic catalog, whose fields are fixed)."""
     fields = cfg.data.text_fields
     out = [item_text(t, fields) for t in texts]
     present: dict[str, None] = {}  # fields with some text, in first-seen order
@@ -270,7 +272,7 @@ def prepare_stage(cfg: Config, run: Path, log: Callable[[str], None] = print) ->
 
 
 def input_fingerprint(paths, d, hashed: bool = True) -> dict[str, list]:
-    """{file: [size, mtime_ns, sha256 prefix]} of the files a reader read (``RawDataset.files``; a folder of parts:
+    """{file: [size, mtime_ns, sha256 prefix]} of the files a reader read (``RawDataset.files``; a folder:
     every file in it), keyed relative to data.path's folder (absolute outside it): a prepared run is stale when one
     of them changed since (`stale_inputs`). Other files beside the dataset (a README, a run folder) do not count.
     ``hashed=False`` leaves the content hash out (`stale_inputs` hashes only the files whose time changed)."""

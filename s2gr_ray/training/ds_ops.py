@@ -1,11 +1,12 @@
 """DeepSpeed's JIT-built ops: never wait forever on the lock of a build that was killed.
 
 On a CPU node the first `deepspeed.initialize` compiles a shared-memory op (`deepspeed_shm_comm`, ~40-60 s) under
-torch's extension lock (`<TORCH_EXTENSIONS_DIR>/<py>_<acc>/<op>/lock`). The builder holds that file open while it
-compiles and deletes it when done; a builder that is killed mid-build (a Ray worker killed by a failure, a timeout
-or the end of a job) leaves the file behind, and every later `deepspeed.initialize` on the machine then waits on it
-forever, silently. `clear_stale_lock` runs before DeepSpeed starts: a lock that no process on this host holds open
-and that has not gone away within `grace_s` is removed, with a line saying so.
+torch's extension lock (`<TORCH_EXTENSIONS_DIR>/<op>/lock`; the engine sets TORCH_EXTENSIONS_DIR, below). The
+builder holds that file open while it compiles and deletes it when done; a builder that is killed mid-build (a Ray
+worker killed by a failure, a timeout or the end of a job) leaves the file behind, and every later
+`deepspeed.initialize` on the machine then waits on it forever, silently. `clear_stale_lock` runs before DeepSpeed
+starts: a lock that no process on this host holds open and that has not gone away within `grace_s` is removed, with
+a line saying so.
 
 torch's default build root (`~/.cache/torch_extensions`) is shared by every Python environment of the user, and the
 build of an op records its compiler flags, which name the environment's include folders: two checkouts with their
@@ -42,8 +43,8 @@ def use_environment_build_root() -> Path:
 
 
 def build_dir(op: str) -> Path:
-    """Where torch builds (and locks) the extension `op` (under TORCH_EXTENSIONS_DIR, else torch's default root;
-    the engine sets TORCH_EXTENSIONS_DIR first: `use_environment_build_root`)."""
+    """Where torch builds (and locks) the extension `op`: `<TORCH_EXTENSIONS_DIR>/<op>`, else `<torch's default
+    root>/py<XY>_<acc>/<op>` (the engine sets TORCH_EXTENSIONS_DIR first: `use_environment_build_root`)."""
     from torch.utils.cpp_extension import _get_build_directory
 
     return Path(_get_build_directory(op, verbose=False))

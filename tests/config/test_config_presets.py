@@ -125,3 +125,15 @@ def test_saved_configs_with_a_retired_key_still_load():
     saved["train"]["eval_every"] = 1
     saved["seed"] = 0  # the retired top-level seed of older RUN/config.yaml files
     assert config_from_dict(saved).train.max_epochs == load_config(None, []).train.max_epochs
+
+
+def test_a_saved_synthetic_run_with_a_data_path_still_loads():
+    """Runs written before data.path with the synthetic format was refused: their records load (the path was never
+    read), while a new config with the pair is refused."""
+    saved = load_config(None, []).to_dict()
+    saved["data"]["path"] = "/data/beauty"
+    assert config_from_dict(saved).data.path == "" and config_from_dict(saved).data.format == "synthetic"
+    with pytest.raises(ConfigError, match="has no effect with data.format = 'synthetic'"):
+        load_config(None, ["data.path=/data/beauty"])
+    saved["data"]["format"] = "sequences"  # a real dataset's path is kept
+    assert config_from_dict(saved).data.path == "/data/beauty"

@@ -165,6 +165,10 @@ def test_other_compressions_and_folders_of_parts_are_named(tmp_path):
     (tmp_path / "items.jsonl.bz2").write_bytes(bz2.compress(b'{"item_id": "b2"}\n'))
     with pytest.raises(DataError, match="a bzip2-compressed file"):  # (was: "not valid UTF-8; re-encode")
         read_dataset(_cfg(tmp_path, items_file="items.jsonl.bz2"))
+    from s2gr_ray.data.formats.tables import is_gzip
+
+    (tmp_path / "bzh.txt").write_text("BZh91AY text\n")  # text that begins like bzip2's magic
+    assert is_gzip(tmp_path / "bzh.txt") is False
     parts = tmp_path / "parts.parquet"  # a dataset written as a folder of parts (Spark, Dask)
     parts.mkdir()
     pq.write_table(pa.table({"user_id": ["u1"], "item_id": ["b2"]}), parts / "part-0.parquet")
@@ -172,14 +176,16 @@ def test_other_compressions_and_folders_of_parts_are_named(tmp_path):
         read_dataset(_cfg(tmp_path, interactions_file="parts.parquet"))
 
 
-def test_whole_number_float_ids_in_items_jsonl_match_the_interactions(tmp_path):
+def test_an_id_spelled_7_0_in_one_file_and_7_in_the_other_is_named(tmp_path):
+    """A float id column written by pandas spells 7 as 7.0; ids are compared as text, and the error says so."""
     (tmp_path / "inter.csv").write_text("user_id,item_id\nu1,7\nu1,8\nu1,7\n")
     (tmp_path / "items.jsonl").write_text('{"item_id": 7.0, "title": "Seven"}\n{"item_id": 8, "title": "Eight"}\n')
-    raw = read_dataset(_cfg(tmp_path, interactions_file="inter.csv", items_file="items.jsonl"))
-    assert raw.items == ["7", "8", "7"] and raw.item_text["7"]["title"] == "Seven"
-    (tmp_path / "items.jsonl").write_text('{"item_id": 7.5, "title": "Seven"}\n')
-    with pytest.raises(DataError, match=r"items\.jsonl:1: item 'item_id' is 7\.5; ids must be strings or integers"):
+    with pytest.raises(DataError, match=r"item '7' is not in .*items\.jsonl \(the items file spells it '7\.0': ids "
+                                        r"are compared as text"):
         read_dataset(_cfg(tmp_path, interactions_file="inter.csv", items_file="items.jsonl"))
+    (tmp_path / "inter.csv").write_text("user_id,item_id\nu1,7.0\nu1,8\nu1,7.0\n")  # spelled alike: fine
+    assert read_dataset(_cfg(tmp_path, interactions_file="inter.csv", items_file="items.jsonl")).items == [
+        "7.0", "8", "7.0"]
 
 
 def test_an_items_file_with_another_id_column_name_says_both_files_share_it(tmp_path):

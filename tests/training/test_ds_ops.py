@@ -29,11 +29,13 @@ def test_each_python_environment_builds_the_ops_in_its_own_folder(tmp_path, monk
     from torch.utils.cpp_extension import get_default_build_root
 
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", "")  # restored (or removed) after the test
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # torch's default root, here under tmp_path
     here = environment_build_root()
     with monkeypatch.context() as m:
         m.setattr(sys, "prefix", str(tmp_path / "another-venv"))
         other = environment_build_root()
     assert here != other and here.parent == other.parent == Path(get_default_build_root())
+    assert str(here).startswith(str(tmp_path / "cache"))
     assert environment_build_root() == here  # stable for one environment
     assert use_environment_build_root() == here and os.environ["TORCH_EXTENSIONS_DIR"] == str(here)
     assert build_dir(SHM_OP) == here / SHM_OP

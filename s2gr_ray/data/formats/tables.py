@@ -26,7 +26,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from s2gr_ray.config import DataConfig
-from s2gr_ray.data.ingest import DataError, RawDataset, category_text, read_items_jsonl
+from s2gr_ray.data.ingest import DataError, RawDataset, category_text, read_items_jsonl, spelling_hint
 
 _GZIP_MAGIC = b"\x1f\x8b"
 # what reading a truncated or damaged .gz raises (gzip.open / gzip.decompress): shown as a DataError naming the file
@@ -40,18 +40,24 @@ def gzip_error(path: Path, exc: BaseException, lineno: int | None = None) -> Dat
 
 
 # other compressions, by their magic bytes: no reader here opens them
-_OTHER_COMPRESSIONS = {b"BZh": "bzip2", b"\xfd7zXZ": "xz", b"\x28\xb5\x2f\xfd": "zstd", b"PK\x03\x04": "zip"}
+_OTHER_COMPRESSIONS = {b"\xfd7zXZ": "xz", b"\x28\xb5\x2f\xfd": "zstd", b"PK\x03\x04": "zip"}
+
+
+def _is_bzip2(head: bytes) -> bool:
+    """'BZh', a block size digit, then a block or end-of-stream magic ('BZh' alone can begin a line of text)."""
+    return (head[:3] == b"BZh" and head[3:4] in b"123456789" and len(head) >= 10
+            and head[4:10] in (b"1AY&SY", b"\x17rE8P\x90"))
 
 
 def is_gzip(path: Path) -> bool:
     """True for a gzipped file (by content, not name); a DataError for a bzip2, xz, zstd or zip file, which would
     otherwise be read as text and fail on its first byte with advice about the encoding."""
     with open(path, "rb") as fh:
-        head = fh.read(6)
-    for magic, kind in _OTHER_COMPRESSIONS.items():
-        if head.startswith(magic):
-            raise DataError(f"{path}: a {kind}-compressed file; only uncompressed and gzip files are read: "
-                            f"decompress it (or recompress it with gzip)")
+        head = fh.read(10)
+    kind = "bzip2" if _is_bzip2(head) else next((k for m, k in _OTHER_COMPRESSIONS.items() if head.startswith(m)), "")
+    if kind:
+        raise DataError(f"{path}: a {kind}-compressed file; only uncompressed and gzip files are read: decompress "
+                        "it (or recompress it with gzip)")
     return head[:2] == _GZIP_MAGIC
 
 
@@ -149,11 +155,13 @@ def csv_header(path: Path, delimiter: str) -> list[str]:
         raise DataError(f"{path}:1: empty file or empty header line; the first line must name the columns")
     header = next(csv.reader(io.StringIO(text), delimiter=delimiter))
     if len(header) == 1:  # one column: most likely another separator than the file name says
-        other = next((name for sep, name in (("\t", "tab"), (";", "semicolon"), ("|", "pipe"))
+        other = next((name for sep, name in (("\t", "tab"), (",", "comma"), (";", "semicolon"), ("|", "pipe"))
                       if sep != delimiter and sep in header[0]), None)
         if other:
             how = ("name the file *.tsv (or *.tsv.gz)" if other == "tab" else
-                   "rewrite it with commas (or tabs, named *.tsv)")
+                   "name the file *.csv (or *.csv.gz)" if other == "comma" else
+                   "rewrite it with tabs (or with commas, named *.csv)" if delimiter == "\t" else
+                   "rewrite it with commas (or with tabs, named *.tsv)")
             raise DataError(f"{path}:1: the header {header[0][:80]!r} reads as one column: the file looks "
                             f"{other}-separated, but {'*.tsv' if delimiter == chr(9) else 'a *.csv / *.txt'} file "
                             f"is read as {'tab' if delimiter == chr(9) else 'comma'}-separated; {how}")
@@ -467,8 +475,9 @@ def read_tables(cfg: DataConfig) -> RawDataset:
     items = ids_as_text(table.column(cfg.item_column), inter_path, cfg.item_column)
     unknown = _first(pc.invert(pc.is_in(items, value_set=pa.array(list(item_text), pa.string()))))
     if unknown is not None:
-        raise DataError(f"{inter_path}: {_row(inter_path, unknown)}: item {items[unknown].as_py()!r} is not in "
-                        f"{items_path}; add it to the items file or remove the interaction")
+        item = items[unknown].as_py()
+        raise DataError(f"{inter_path}: {_row(inter_path, unknown)}: item {item!r} is not in {items_path}"
+                        f"{spelling_hint(item, item_text)}; add it to the items file or remove the interaction")
     if has_time:
         orders = orders_from_time(table.column(cfg.time_column), inter_path, cfg.time_column)
     else:
