@@ -20,7 +20,8 @@ Writes benchmarks/results/speed.{md,csv} and prints the table. Sections:
   catalog  decode users/s on 10,000 vs 1,000,000 items; trie build and residual assignment time for 1M items
   ray      Ray Data + Ray Train (1 worker, DeepSpeed) samples/s vs a bare in-process loop, same model and rows,
            over the whole epoch and after the first 20 steps (Ray Data start-up excluded); Ray Data ingest alone
-  memory   peak memory of a full training epoch over 1x vs 10x the Beauty training rows (synthetic)
+  memory   peak memory of `s2gr train` (a child process: driver, local Ray, worker; PSS and RSS sums) over one
+           full epoch of 1x vs 10x the Beauty training rows (synthetic)
 On a CUDA machine the train section also reports the fraction of the card's bf16 peak (--peak-tflops), from the
 counted FLOPs.
 """
@@ -580,63 +581,105 @@ def _bare_loop(cfg, work: Path, steps: int) -> tuple[float, float]:
     return rates
 
 
+_TRAIN_CHILD = """
+import json, sys
+from pathlib import Path
+from s2gr_ray.config import load_config
+from s2gr_ray.training.driver import train_stage
+metrics = train_stage(load_config(None, json.loads(sys.argv[1])), Path(sys.argv[2]), lambda m: print(m, flush=True))
+print("SAMPLES_PER_S", metrics["history"][0]["train/samples_per_s"], flush=True)
+"""
+
+
+def _tree_memory(root) -> list[tuple[str, int, int]]:
+    """(command, RSS, PSS) of `root` and its descendants; PSS splits each shared page between the processes mapping
+    it (Ray's object store, the libraries every worker maps), so its sum counts shared memory once."""
+    import psutil
+
+    rows = []
+    for p in [root, *root.children(recursive=True)]:
+        try:
+            info = p.memory_full_info()
+            rows.append((" ".join(p.cmdline())[:60] or p.name(), info.rss, getattr(info, "pss", info.rss)))
+        except psutil.Error:
+            pass
+    return rows
+
+
 def bench_memory(args, device) -> None:
-    """Peak memory of `s2gr train` (driver + local Ray + workers) over one full epoch of 1x vs 10x the Beauty
-    training rows (synthetic sequences, same catalog size): streaming keeps it flat."""
+    """Peak memory of `s2gr train` (its driver process, the local Ray it starts, the worker) over one full epoch of
+    1x vs 10x the Beauty training rows (synthetic sequences, same catalog size): streaming keeps it flat. The data
+    is prepared here and trained in a child process, a fresh driver as `s2gr train` runs (prepare's leftovers in
+    this process would count otherwise). Reported as the sum of RSS (shared pages counted in every process that maps
+    them) and the sum of PSS (each shared page split between the processes that map it, so the tree's pages count
+    about once); the processes using the most at the PSS peak are logged."""
     import json
+    import subprocess
     import tempfile
-    import threading
 
     import psutil
 
     from s2gr_ray.config import load_config
     from s2gr_ray.data.prepare import prepare_stage
-    from s2gr_ray.training.driver import train_stage
 
-    import ray
+    if "ray" in sys.modules:  # an earlier section's local Ray: its processes would share pages with the child's
+        import ray
 
+        ray.shutdown()
     peaks = {}
     for scale in (1, 10):
-        ray.shutdown()  # each scale starts a fresh local Ray (an earlier section's would count in the 1x peak)
         work = Path(tempfile.mkdtemp(prefix=f"s2gr-mem{scale}-"))
         users = 16_500 * scale  # ~8 training rows per synthetic user: 1x ~ Beauty's 131k training rows
-        cfg = load_config(None, [
+        over = [
             "data.format=synthetic", f"data.synthetic.num_users={users}", "data.synthetic.num_items=12101",
             "data.synthetic.num_top_categories=16", "data.synthetic.num_sub_categories=16",
             "model.d_model=32", "model.num_heads=2", "model.d_head=16", "model.d_ff=64", "model.encoder_layers=1",
             "model.decoder_layers=1", "model.aux_decoder_layers=1", "model.history_tokens=item",
             "train.batch_size=2048", "train.max_epochs=1", "train.zero_stage=0", "train.log_every=100000",
-            "train.cpus_per_worker=1", "eval.max_users=512", "eval.beam_size=10", f"train.run_name=mem{scale}"])
+            "train.cpus_per_worker=1", "eval.max_users=512", "eval.beam_size=10", f"train.run_name=mem{scale}"]
+        cfg = load_config(None, over)
         prepare_stage(cfg, work, log)
         manifest = json.loads((work / "manifest.json").read_text())
         sids, sizes = random_catalog(manifest["num_items"], SEM, seed=0)
         _write_tokenizer(work, sids, sizes, cfg)
-        me, peak, stop = psutil.Process(), [0], threading.Event()
-
-        def sample() -> None:
-            while not stop.is_set():
-                total = 0
-                for p in [me, *me.children(recursive=True)]:
-                    try:
-                        total += p.memory_info().rss
-                    except psutil.Error:
-                        pass
-                peak[0] = max(peak[0], total)
-                time.sleep(0.25)
-
-        thread = threading.Thread(target=sample, daemon=True)
-        thread.start()
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join([_code, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
+        env.pop("OMP_NUM_THREADS", None)  # as `s2gr train` starts: Ray sets each worker's threads
         t0 = time.perf_counter()
-        metrics = train_stage(cfg, work, log)
-        stop.set()
-        thread.join()
-        ray.shutdown()
+        out_path = work / "train.log"
+        with open(out_path, "w") as out:
+            # cwd: `python -c` puts the working folder first on sys.path, which must not shadow --code's s2gr_ray
+            child = subprocess.Popen([sys.executable, "-c", _TRAIN_CHILD, json.dumps(over), str(work)], env=env,
+                                     cwd=_code, stdout=out, stderr=subprocess.STDOUT)
+            try:
+                root = psutil.Process(child.pid)
+                peak_rss, peak_pss, at_peak = 0, 0, []
+                while child.poll() is None:
+                    rows = _tree_memory(root)
+                    peak_rss = max(peak_rss, sum(r[1] for r in rows))
+                    if sum(r[2] for r in rows) > peak_pss:
+                        peak_pss, at_peak = sum(r[2] for r in rows), rows
+                    time.sleep(0.25)
+            finally:
+                if child.poll() is None:  # interrupted: end the training run (its local Ray ends with it)
+                    child.terminate()
+                    child.wait()
+        text = out_path.read_text()
+        if child.returncode != 0 or "SAMPLES_PER_S" not in text:
+            raise RuntimeError(f"memory section: training {scale}x failed (rc {child.returncode}); its output: "
+                               f"{out_path}\n{text[-2000:]}")
+        rate = float(text.rsplit("SAMPLES_PER_S", 1)[1].split()[0])
         rows = manifest["splits"]["train"]
-        peaks[scale] = peak[0] / 2**30
-        record("memory", f"peak RSS of s2gr train, {rows:,} training rows ({scale}x)", peaks[scale], "GiB",
-               f"driver + local Ray + worker; epoch {time.perf_counter() - t0:.0f}s, "
-               f"{metrics['history'][0]['train/samples_per_s']:.0f} samples/s")
-    record("memory", "peak memory 10x / 1x rows", peaks[10] / peaks[1], "ratio", "target ~1 (streaming)")
+        peaks[scale] = (peak_rss / 2**30, peak_pss / 2**30)
+        log(f"memory {scale}x: the processes using the most at the PSS peak (MiB RSS / PSS):")
+        for cmd, rss, pss in sorted(at_peak, key=lambda r: -r[2])[:6]:
+            log(f"    {rss / 2**20:7.0f} / {pss / 2**20:7.0f}  {cmd}")
+        when = f"child {time.perf_counter() - t0:.0f}s (start-up, Ray, epoch, validation, test), {rate:.0f} samples/s"
+        record("memory", f"peak PSS of s2gr train, {rows:,} training rows ({scale}x)", peaks[scale][1], "GiB",
+               f"driver + local Ray + worker; pages shared with other processes split with them; {when}")
+        record("memory", f"peak RSS sum of s2gr train, {rows:,} training rows ({scale}x)", peaks[scale][0], "GiB",
+               "the same processes, shared pages counted in each")
+    record("memory", "peak PSS 10x / 1x rows", peaks[10][1] / peaks[1][1], "ratio", "target ~1 (streaming)")
+    record("memory", "peak RSS sum 10x / 1x rows", peaks[10][0] / peaks[1][0], "ratio", "")
 
 
 def _write_tokenizer(run: Path, sids, sizes, cfg) -> None:
