@@ -636,7 +636,8 @@ def bench_memory(args, device) -> None:
             "model.d_model=32", "model.num_heads=2", "model.d_head=16", "model.d_ff=64", "model.encoder_layers=1",
             "model.decoder_layers=1", "model.aux_decoder_layers=1", "model.history_tokens=item",
             "train.batch_size=2048", "train.max_epochs=1", "train.zero_stage=0", "train.log_every=100000",
-            "train.cpus_per_worker=1", "eval.max_users=512", "eval.beam_size=10", f"train.run_name=mem{scale}"]
+            "train.cpus_per_worker=1", "eval.max_users=512", "eval.beam_size=10", f"train.run_name=mem{scale}",
+            *args.memory_set]
         cfg = load_config(None, over)
         prepare_stage(cfg, work, log)
         manifest = json.loads((work / "manifest.json").read_text())
@@ -752,6 +753,8 @@ def main() -> int:
     p.add_argument("--peak-tflops", type=float, default=0.0, help="the GPU's dense bf16 peak (H100 SXM: 989)")
     p.add_argument("--no-compile", dest="compile", action="store_false",
                    help="skip the torch.compile rows of the train section (each compile takes ~1 min on 2 cores)")
+    p.add_argument("--memory-set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="config overrides for the memory section's runs (e.g. train.ingest_buffer_mb=0)")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--tag", default="", help="suffix of the result files (e.g. _gpu)")
     p.add_argument("--code", default=str(REPO), help="a checkout whose s2gr_ray is measured (default: this one)")

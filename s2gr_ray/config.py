@@ -207,6 +207,10 @@ class TrainConfig:
     # seeds its sequence from the epoch it resumes at): an all-to-all exchange per epoch that holds the training
     # rows in Ray's object store (spilled to disk when they do not fit).
     shuffle: str = "local"
+    # Ray Data's object-store budget (MiB) for the run's input streams (train, valid, test). 0 = Ray Data's own
+    # limit, a share of the object store (~30% of the node's memory): reading and mapping run ahead of training
+    # until that share is full, so peak memory grows with the rows up to it. A budget keeps it flat.
+    ingest_buffer_mb: int = 0
     lr: float = 1e-3
     weight_decay: float = 0.01
     warmup_steps: int = 100
@@ -331,7 +335,7 @@ _NON_NEGATIVE = {
     "model.aux_decoder_layers", "model.n_think", "model.w_align",
     "model.w_infonce", "model.w_reg", "train.weight_decay", "train.warmup_steps", "train.grad_clip",
     "train.patience", "train.max_failures", "train.torch_threads", "train.encoder_chunks", "train.gpus_per_worker",
-    "train.max_steps_per_epoch", "eval.min_history_view",
+    "train.max_steps_per_epoch", "train.ingest_buffer_mb", "eval.min_history_view",
     "eval.max_users", "eval.valid_users", "ray.num_cpus",
 }
 # keys a saved config or settings file may still hold but the code no longer has (never read when they existed),

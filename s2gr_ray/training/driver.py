@@ -57,7 +57,8 @@ SETTINGS_FILE = "s2gr_settings.json"  # in STORAGE/RUN_NAME: what the checkpoint
 # long it goes on (a finished run resumed with a larger train.max_epochs trains the extra epochs)
 RESUME_FREE = {"train.log_every", "train.max_failures", "train.keep_checkpoints", "train.torch_threads",
                "train.cpus_per_worker", "train.gpus_per_worker", "train.storage_path", "train.run_name",
-               "train.compile", "train.encoder_chunks", "train.max_epochs", "train.patience"}
+               "train.compile", "train.encoder_chunks", "train.max_epochs", "train.patience",
+               "train.ingest_buffer_mb"}
 
 
 def run_settings(cfg: Config, tokenizer_hash: str, data_hash: str) -> dict[str, Any]:
@@ -71,6 +72,20 @@ def run_settings(cfg: Config, tokenizer_hash: str, data_hash: str) -> dict[str, 
                   "min_history_view": cfg.eval.min_history_view}
     return {**flat, "data.max_history": cfg.data.max_history, "tokenizer": tokenizer_hash, "data": data_hash,
             VALIDATION_KEY: validation}
+
+
+def ingest_options(cfg: Config):
+    """Ray Data's execution options for the run's input streams. Blocks reach the workers in file order (or in the
+    order of train.shuffle=global's seeded permutation), so with train.seed fixing the local shuffle a rerun sees
+    the same batches (reproducible runs); train.ingest_buffer_mb caps how far reading and mapping may run ahead of
+    training (config.py)."""
+    from ray.train import DataConfig
+
+    ingest = DataConfig.default_ingest_options()
+    ingest.preserve_order = True
+    if cfg.train.ingest_buffer_mb > 0:
+        ingest.resource_limits = ingest.resource_limits.copy(object_store_memory=cfg.train.ingest_buffer_mb * 2**20)
+    return ingest
 
 
 def run_folder(storage: str, run_name: str):
@@ -226,10 +241,7 @@ def train_stage(cfg: Config, run: Path, log: Callable[[str], None] = print, call
         "signature": model_signature(cfg, tok, tok_manifest["hash"]), "tensorboard_dir": tb_dir,
         "tokenizer_report": _tokenizer_scalars(report),
     }
-    # blocks reach the workers in file order (or in the order of train.shuffle=global's seeded permutation), so with
-    # train.seed fixing the local shuffle a rerun sees the same batches (reproducible runs)
-    ingest = DataConfig.default_ingest_options()
-    ingest.preserve_order = True
+    ingest = ingest_options(cfg)
     trainer = TorchTrainer(
         worker_mod.train_loop_per_worker,
         train_loop_config=loop_config,

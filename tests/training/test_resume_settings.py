@@ -161,3 +161,18 @@ def test_a_resumed_global_shuffle_seeds_its_permutations_from_the_resume_epoch(t
     assert resume_epoch(f"file://{tmp_path}", "r") == 3  # storage URIs, through pyarrow
     (tmp_path / "r" / "checkpoint_2026-11-27_11-00-00.000000").mkdir()  # newest, but written only in part
     assert resume_epoch(str(tmp_path), "r") == 0
+
+
+def test_the_ingest_budget_caps_ray_datas_object_store_share_and_does_not_block_resume(tmp_path):
+    from s2gr_ray.training.driver import ingest_options
+
+    default = ingest_options(load_config(None, []))
+    capped = ingest_options(load_config(None, ["train.ingest_buffer_mb=256"]))
+    assert default.preserve_order and capped.preserve_order
+    assert capped.resource_limits.object_store_memory == 256 * 2**20
+    assert default.resource_limits.object_store_memory != 256 * 2**20  # Ray Data's own limit
+    assert capped.resource_limits.cpu == default.resource_limits.cpu  # only the object store share changes
+    # a speed setting, not a training one: a run resumes under another budget
+    check_resume(str(tmp_path), "r", _settings("train.ingest_buffer_mb=0"), print)
+    (tmp_path / "r" / "checkpoint_2026-11-27_10-00-00.000000").mkdir()
+    check_resume(str(tmp_path), "r", _settings("train.ingest_buffer_mb=256"), print)
