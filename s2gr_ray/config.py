@@ -208,8 +208,10 @@ class TrainConfig:
     # rows in Ray's object store (spilled to disk when they do not fit).
     shuffle: str = "local"
     # Ray Data's object-store budget (MiB) for the run's input streams (train, valid, test). 0 = Ray Data's own
-    # limit, a share of the object store (~30% of the node's memory): reading and mapping run ahead of training
-    # until that share is full, so peak memory grows with the rows up to it. A budget keeps it flat.
+    # limit, a share of the object store (~30% of the node's memory): reading and mapping may run ahead of training
+    # until that share is full. A budget holds the read/map workers' memory down, at a cost in ingest speed: on 2
+    # cores, 256 took the peak memory for 10x Beauty's rows from 1.16x to 1.09x that of 1x, but halved the 10x
+    # epoch's samples/s (benchmarks/results/speed_memory_budget.md), so the default leaves Ray Data's limit.
     ingest_buffer_mb: int = 0
     lr: float = 1e-3
     weight_decay: float = 0.01
