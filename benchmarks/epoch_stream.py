@@ -31,7 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from eval_replay import prepare, train_subprocess, write_csv  # noqa: E402
+from eval_replay import prepare, write_csv  # noqa: E402
+from harness import train_subprocess  # noqa: E402
 from provenance import commit  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"

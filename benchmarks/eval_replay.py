@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from harness import train_subprocess  # noqa: E402
 from provenance import commit  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -68,31 +67,6 @@ def write_csv(path: Path, rows: list[dict]) -> None:
         w = csv.DictWriter(fh, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-
-
-def train_subprocess(run: Path, over: list[str], config: str | None = None,
-                     env: dict[str, str | None] | None = None) -> dict:
-    """Train RUN (CONFIG, None = the defaults, with the overrides ``over``) in a fresh process with its own local
-    Ray, whose workers inherit ``env`` (a value sets a variable, None removes it); returns train_stage's metrics
-    (metrics.json's content) with ``wall``, the seconds of the whole process."""
-    child = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    for key, value in (env or {}).items():
-        if value is None:
-            child.pop(key, None)
-        else:
-            child[key] = value
-    code = ("import json, sys; from pathlib import Path; from s2gr_ray.config import load_config; "
-            "from s2gr_ray.training.driver import train_stage; "
-            "out = train_stage(load_config(json.loads(sys.argv[1]), json.loads(sys.argv[2])), Path(sys.argv[3]), "
-            "lambda m: None); print('RESULT ' + json.dumps(out))")
-    t = time.time()
-    done = subprocess.run([sys.executable, "-c", code, json.dumps(config), json.dumps(over), str(run)],
-                          env=child, cwd=ROOT, capture_output=True, text=True)
-    lines = [ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")]
-    if done.returncode or not lines:
-        raise SystemExit(f"training failed (exit {done.returncode}) with {over}:\n{done.stdout[-3000:]}\n"
-                         f"{done.stderr[-3000:]}")
-    return {**json.loads(lines[-1][len("RESULT "):]), "wall": time.time() - t}
 
 
 def main() -> None:

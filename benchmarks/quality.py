@@ -29,6 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
+from harness import wait_for_quiet  # noqa: E402
 from provenance import commit as _git_commit  # noqa: E402
 from s2gr_ray.config import flatten, load_config, recorded_value  # noqa: E402
 
@@ -80,6 +81,8 @@ def run_arm(arm: str, seed: int, args, base: Path, work: Path) -> dict:
         return json.loads((run / "metrics.json").read_text())
     if args.force:
         forget_arm(cfg, run, log)
+    if args.quiet_wait > 0:  # another CPU job slows an arm's epochs several-fold (harness.py)
+        wait_for_quiet(args.quiet_wait, 25.0, log)
     link_data(base, run)
     # the tokenizer section plus the arm's seed (the folder names of earlier work folders: the seed was then a
     # top-level config key); tokenizer.seed is part of the section
@@ -316,6 +319,9 @@ def main() -> int:
     p.add_argument("--work", type=Path, default=REPO / "runs" / "quality")
     p.add_argument("--results", type=Path, default=REPO / "benchmarks" / "results")
     p.add_argument("--force", action="store_true", help="re-run arms that already have metrics")
+    p.add_argument("--quiet-wait", type=float, default=120.0, metavar="S", help="before training an arm, wait up "
+                   "to S seconds for the CPUs to be idle (below 25%%); when they are not, the busiest processes are "
+                   "logged and the arm starts anyway (0: no wait)")
     p.add_argument("--tag", default="", help="suffix of the result files, e.g. _long for quality_cpu_long.md "
                    "(use a separate --work folder when the overrides change the training)")
     p.add_argument("--drop-earlier", action="store_true", help="write only this work folder's runs; by default the "

@@ -48,6 +48,7 @@ _code = sys.argv[sys.argv.index("--code") + 1] if "--code" in sys.argv else str(
 sys.path.insert(0, _code)
 sys.path.insert(1, str(REPO / "benchmarks"))
 
+from harness import train_subprocess, wait_for_quiet  # noqa: E402
 from provenance import commit as _git_commit  # noqa: E402
 from s2gr_ray.config import ModelConfig  # noqa: E402
 from s2gr_ray.evaluation.beam_search import constrained_beam_search  # noqa: E402
@@ -523,20 +524,11 @@ def bench_ray(args, device) -> None:
            n / (time.perf_counter() - t0), "samples/s", "the Ray path's ceiling (in the driver, start-up included)")
 
 
-def _settle(limit_s: float = 60.0, busy_percent: float = 10.0) -> float:
-    """Wait (up to ``limit_s``) until the machine's CPUs are quiet for a second. Right after a Ray run, `top` showed
-    three `ray::IDLE` worker processes at 50-80% of a core each during the bare run that followed (2026-11-29), and
-    the bare reference drifted down over the section (1922, 1589, 1446, 1334 samples/s). Returns the seconds
-    waited."""
-    import psutil
-
-    t0 = time.perf_counter()
-    while time.perf_counter() - t0 < limit_s:
-        if psutil.cpu_percent(interval=1.0) < busy_percent:
-            break
-    waited = time.perf_counter() - t0
-    log(f"quiet machine after {waited:.0f}s")
-    return waited
+def _settle() -> float:
+    """Wait (up to 60 s) for a quiet machine; the seconds waited. Right after a Ray run, `top` showed three
+    `ray::IDLE` worker processes at 50-80% of a core each during the bare run that followed (2026-11-29), and the
+    bare reference drifted down over the section (1922, 1589, 1446, 1334 samples/s)."""
+    return wait_for_quiet(60.0, 10.0, log)[1]
 
 
 def _bare_loop(cfg, work: Path, steps: int) -> tuple[float, float]:
@@ -581,16 +573,6 @@ def _bare_loop(cfg, work: Path, steps: int) -> tuple[float, float]:
     return rates
 
 
-_TRAIN_CHILD = """
-import json, sys
-from pathlib import Path
-from s2gr_ray.config import load_config
-from s2gr_ray.training.driver import train_stage
-metrics = train_stage(load_config(None, json.loads(sys.argv[1])), Path(sys.argv[2]), lambda m: print(m, flush=True))
-print("SAMPLES_PER_S", metrics["history"][0]["train/samples_per_s"], flush=True)
-"""
-
-
 def _tree_memory(root) -> list[tuple[str, int, int]]:
     """(command, RSS, PSS) of `root` and its descendants; PSS splits each shared page between the processes mapping
     it (Ray's object store, the libraries every worker maps), so its sum counts shared memory once."""
@@ -614,7 +596,6 @@ def bench_memory(args, device) -> None:
     them) and the sum of PSS (each shared page split between the processes that map it, so the tree's pages count
     about once); the processes using the most at the PSS peak are logged."""
     import json
-    import subprocess
     import tempfile
 
     import psutil
@@ -643,32 +624,27 @@ def bench_memory(args, device) -> None:
         manifest = json.loads((work / "manifest.json").read_text())
         sids, sizes = random_catalog(manifest["num_items"], SEM, seed=0)
         _write_tokenizer(work, sids, sizes, cfg)
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join([_code, os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
-        env.pop("OMP_NUM_THREADS", None)  # as `s2gr train` starts: Ray sets each worker's threads
-        t0 = time.perf_counter()
-        out_path = work / "train.log"
-        with open(out_path, "w") as out:
-            # cwd: `python -c` puts the working folder first on sys.path, which must not shadow --code's s2gr_ray
-            child = subprocess.Popen([sys.executable, "-c", _TRAIN_CHILD, json.dumps(over), str(work)], env=env,
-                                     cwd=_code, stdout=out, stderr=subprocess.STDOUT)
+        peak = {"rss": 0, "pss": 0, "at": []}
+
+        def sample(child, peak=peak) -> None:
             try:
-                root = psutil.Process(child.pid)
-                peak_rss, peak_pss, at_peak = 0, 0, []
-                while child.poll() is None:
-                    rows = _tree_memory(root)
-                    peak_rss = max(peak_rss, sum(r[1] for r in rows))
-                    if sum(r[2] for r in rows) > peak_pss:
-                        peak_pss, at_peak = sum(r[2] for r in rows), rows
-                    time.sleep(0.25)
-            finally:
-                if child.poll() is None:  # interrupted: end the training run (its local Ray ends with it)
-                    child.terminate()
-                    child.wait()
-        text = out_path.read_text()
-        if child.returncode != 0 or "SAMPLES_PER_S" not in text:
-            raise RuntimeError(f"memory section: training {scale}x failed (rc {child.returncode}); its output: "
-                               f"{out_path}\n{text[-2000:]}")
-        rate = float(text.rsplit("SAMPLES_PER_S", 1)[1].split()[0])
+                rows = _tree_memory(psutil.Process(child.pid))
+            except psutil.Error:  # it has just ended
+                return
+            peak["rss"] = max(peak["rss"], sum(r[1] for r in rows))
+            if sum(r[2] for r in rows) > peak["pss"]:
+                peak["pss"], peak["at"] = sum(r[2] for r in rows), rows
+            time.sleep(0.25)
+
+        # OMP_NUM_THREADS unset, as `s2gr train` starts: Ray sets each worker's threads
+        t0 = time.perf_counter()
+        try:
+            metrics = train_subprocess(work, over, env={"OMP_NUM_THREADS": None}, code=_code, watch=sample,
+                                       log_path=work / "train.log")
+        except SystemExit as e:
+            raise RuntimeError(f"memory section: training {scale}x failed: {e}") from None
+        rate = metrics["history"][0]["train/samples_per_s"]
+        peak_rss, peak_pss, at_peak = peak["rss"], peak["pss"], peak["at"]
         rows = manifest["splits"]["train"]
         peaks[scale] = (peak_rss / 2**30, peak_pss / 2**30)
         log(f"memory {scale}x: the processes using the most at the PSS peak (MiB RSS / PSS):")

@@ -363,10 +363,10 @@ def _refuse_overwriting_inputs(run: Path, inputs: list[Path]) -> None:
     """Refuse a run directory where prepare would replace a file it has just read (e.g. `--out` set to the dataset
     folder, whose interactions.parquet is prepare's own output name): the dataset would be lost."""
     run = Path(run).resolve()
+    sources = [Path(src).resolve() for src in inputs]
     for name in OUTPUTS:
         out = run / name
-        for src in inputs:
-            src = Path(src).resolve()
+        for src in sources:
             if src == out or out in src.parents:
                 raise DataError(f"prepare: the run directory {run} holds the input {src}, which prepare would "
                                 f"replace with its own {name}; choose another --out (a run directory is "
