@@ -55,6 +55,8 @@ class DataConfig:
     interactions_file: str = "interactions.parquet"
     user_column: str = "user_id"
     item_column: str = "item_id"
+    # the items file's id column / field (tables and sequences formats) where it is not named data.item_column
+    items_id_column: str = ""
     time_column: str = "timestamp"  # optional in the file; file order is used where absent
     # amazon format: review + metadata dumps (JSON lines or 2014 Python-literal lines, gzipped or not)
     reviews_file: str = "reviews.json.gz"
@@ -354,6 +356,7 @@ RETIRED_KEYS: dict[str, str] = {
 # record without the key equals one with this value (runs and results stay comparable across the addition)
 ADDED_KEYS: dict[str, Any] = {
     "train.shuffle": "local",
+    "data.items_id_column": "",
     "model.infonce_proj": True,
     # CoBa's "(ours)" choices, fixed before they became keys (their defaults: the hashes of tokenizers stay)
     "tokenizer.cooc_self_loops": True,
@@ -428,6 +431,10 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"data.kcore = {d.kcore} has no effect with data.format = {d.format!r}: its sequences are "
                           "used as they are; k-core filtering applies to the amazon, movielens and tables formats "
                           "(filter the sequences beforehand, or set data.kcore=0)")
+    if d.items_id_column and d.format not in ("tables", "sequences"):
+        raise ConfigError(f"data.items_id_column = {d.items_id_column!r} has no effect with data.format = "
+                          f"{d.format!r}: it names the items file's id column of the tables and sequences formats "
+                          "(leave it empty)")
     if d.min_rating > 0 and d.format != "movielens":
         raise ConfigError(f"data.min_rating = {d.min_rating} has no effect with data.format = {d.format!r}: only the "
                           "movielens reader reads ratings (set data.min_rating=0)")

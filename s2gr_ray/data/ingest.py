@@ -117,7 +117,12 @@ def read_sequences(cfg: DataConfig) -> RawDataset:
 
     seq_path = require_file(root / cfg.sequences_file, "data.sequences_file") if root.is_dir() else root
     items_path = require_file((root if root.is_dir() else root.parent) / cfg.items_file, "data.items_file")
-    item_text = read_items_jsonl(items_path)
+    if cfg.items_id_column:
+        item_text = read_items_jsonl(items_path, cfg.items_id_column, f"data.items_id_column = "
+                                     f"{cfg.items_id_column!r} names the id field; set it to the name the file uses")
+    else:
+        item_text = read_items_jsonl(items_path, missing_hint="where the id field is named otherwise, set "
+                                     "data.items_id_column=<its name>")
     users: list[str] = []
     items: list[str] = []
     orders: list[int] = []

@@ -191,12 +191,19 @@ def test_an_id_spelled_7_0_in_one_file_and_7_in_the_other_is_named(tmp_path):
 def test_an_items_file_with_another_id_column_name_says_both_files_share_it(tmp_path):
     _write(tmp_path, items=ITEMS_CSV.replace("item_id,", "asin,", 1))
     # (setting data.item_column=asin, as a per-key message would advise, breaks the interactions file instead)
-    with pytest.raises(DataError, match=r"items\.csv: no column 'item_id' .* must have the name of the interactions' "
-                                        r"item column \(data\.item_column = 'item_id'\)"):
+    with pytest.raises(DataError, match=r"items\.csv: no column 'item_id' .* has the name of the interactions' item "
+                                        r"column by default \(data\.item_column = 'item_id'\); .*data\.items_id_column="):
         read_dataset(_cfg(tmp_path))
     (tmp_path / "items.jsonl").write_text('{"asin": "b2", "title": "Blue"}\n')
     with pytest.raises(DataError, match=r"items\.jsonl:1: item has no 'item_id' field; the items file's id column"):
         read_dataset(_cfg(tmp_path, items_file="items.jsonl"))
+    # data.items_id_column names it
+    raw = read_dataset(_cfg(tmp_path, items_id_column="asin"))
+    assert list(raw.item_text) == ["007", "b2", "c3"] and raw.item_text["b2"]["title"] == "Blue Polish"
+    assert sorted(set(raw.items)) == ["007", "b2", "c3"]
+    with pytest.raises(DataError, match=r"items\.jsonl:1: item has no 'sku' field; data\.items_id_column = 'sku' "
+                                        r"names the items file's id column"):
+        read_dataset(_cfg(tmp_path, items_file="items.jsonl", items_id_column="sku"))
 
 
 @pytest.mark.parametrize("sep,name,advice", [("\t", "tab", r"name the file \*\.tsv"),

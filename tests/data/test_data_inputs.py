@@ -9,7 +9,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from s2gr_ray.config import DataConfig, load_config
+from s2gr_ray.config import ConfigError, DataConfig, load_config
 from s2gr_ray.data.ingest import DataError, read_dataset
 from s2gr_ray.data.prepare import prepare_stage
 
@@ -115,6 +115,19 @@ def test_sequences_items_jsonl_gz(tmp_path):
     with pytest.raises(DataError) as err:
         read_dataset(DataConfig(format="sequences", path=str(root), items_file="items.jsonl.gz"))
     _check(err, root / "items.jsonl.gz")
+
+
+def test_sequences_items_id_field_named_otherwise(tmp_path):
+    root = write_sequences(tmp_path, items=[{("asin" if k == "item_id" else k): v for k, v in it.items()}
+                                            for it in ITEMS])
+    with pytest.raises(DataError, match=r"items\.jsonl:1: item has no 'item_id' field; where the id field is named "
+                                        r"otherwise, set data\.items_id_column=<its name>"):
+        read_dataset(DataConfig(format="sequences", path=str(root)))
+    raw = read_dataset(DataConfig(format="sequences", path=str(root), items_id_column="asin"))
+    assert sorted(raw.item_text) == sorted(str(it["item_id"]) for it in ITEMS)
+    with pytest.raises(ConfigError, match=r"data\.items_id_column = 'asin' has no effect with data\.format = "
+                                          r"'movielens'"):
+        load_config(None, ["data.format=movielens", f"data.path={root}", "data.items_id_column=asin"])
 
 
 @pytest.mark.parametrize("how", DAMAGE)

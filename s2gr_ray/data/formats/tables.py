@@ -4,7 +4,7 @@ Interactions: columns ``data.user_column``, ``data.item_column`` and, optionally
 text of numbers, ISO-8601 text (with or without a zone; none = UTC), or a parquet timestamp / date). Without a time column the file order is the order: when the file
 lacks the default ``timestamp`` column (logged), or with ``data.time_column=''``; a time column set to another
 name must exist (a misspelt name raises rather than silently using file order). Items: the id
-column ``data.item_column`` plus any text columns; ``data.text_fields`` later picks the ones to embed.
+column ``data.items_id_column`` (default: the name ``data.item_column``) plus any text columns; ``data.text_fields`` later picks the ones to embed.
 
 Ids are kept as the file spells them (CSV ids are read as text, so ``007`` stays ``007``; integer parquet ids
 become their decimal text). Rows are numbered 1-based after the header in error messages; for CSV the file line
@@ -406,12 +406,15 @@ def _text(field: str, value) -> str:
 
 
 # ----------------------------------------------------------------------------------------------- items
-def read_items_table(path: Path, id_column: str) -> dict[str, dict[str, str]]:
-    """Items parquet / CSV / JSONL → raw item id → {field: text} in file order; duplicate ids raise."""
+def read_items_table(path: Path, id_column: str, key: str = "data.item_column") -> dict[str, dict[str, str]]:
+    """Items parquet / CSV / JSONL → raw item id → {field: text} in file order; duplicate ids raise. ``key``: the
+    config key that named ``id_column`` (for the message when the file lacks it)."""
     kind = table_kind(path)
-    # one key names the item column of both files: renaming it for the items would break the interactions
-    same = (f"the items file's id column must have the name of the interactions' item column (data.item_column "
-            f"= {id_column!r}): rename the id column in one of the two files")
+    if key == "data.item_column":  # the interactions' name, by default also the items'
+        same = (f"the items file's id column has the name of the interactions' item column by default (data."
+                f"item_column = {id_column!r}); where it is named otherwise, set data.items_id_column=<its name>")
+    else:
+        same = f"{key} = {id_column!r} names the items file's id column; set it to the name the file uses"
     if kind == "jsonl":
         return read_items_jsonl(path, id_field=id_column, missing_hint=same)
     if kind == "csv":
@@ -444,7 +447,10 @@ def read_tables(cfg: DataConfig) -> RawDataset:
     folder = root.parent if root.is_file() else root
     inter_path = require_file(root if root.is_file() else root / cfg.interactions_file, "data.interactions_file")
     items_path = require_file(folder / cfg.items_file, "data.items_file")
-    item_text = read_items_table(items_path, cfg.item_column)
+    if cfg.items_id_column:
+        item_text = read_items_table(items_path, cfg.items_id_column, "data.items_id_column")
+    else:
+        item_text = read_items_table(items_path, cfg.item_column)
 
     kind = table_kind(inter_path)
     keys = {cfg.user_column: "data.user_column", cfg.item_column: "data.item_column",
