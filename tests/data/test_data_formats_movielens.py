@@ -1,6 +1,9 @@
 """data.format=movielens: ml-100k, ml-1m (latin-1) and ml-latest (UTF-8 CSV), layout detection and errors."""
 from __future__ import annotations
 
+from pathlib import Path
+
+import pyarrow.parquet as pq
 import pytest
 
 from s2gr_ray.config import DataConfig
@@ -133,3 +136,26 @@ def test_a_repeated_movie_id_is_refused_naming_the_line(tmp_path):
         fh.write("1::Heat (1995)::Action\n".encode("latin-1"))
     with pytest.raises(DataError, match=r"movies\.dat:3: movie id '1' appears a second time \(first as 'Toy Story"):
         read_movielens(DataConfig(format="movielens", path=str(folder)))
+
+
+def test_the_movielens_preset_embeds_titles_and_genres(tmp_path):
+    """configs/movielens.yaml on an ml-1m layout: texts from title and genres, categories from the first genre."""
+    from s2gr_ray.config import load_config
+    from s2gr_ray.data.prepare import prepare_stage
+
+    folder = tmp_path / "ml-1m"
+    folder.mkdir()
+    (folder / "movies.dat").write_bytes("1::Toy Story (1995)::Animation|Children's|Comedy\n"
+                                        "2::Misérables, Les (1995)::Drama|Musical\n"
+                                        "3::Heat (1995)::Action|Crime|Thriller\n"
+                                        "4::Casino (1995)::Drama|Thriller\n".encode("latin-1"))
+    (folder / "ratings.dat").write_text("".join(f"{u}::{m}::4::{978300000 + 10 * u + m}\n"
+                                                for u in range(1, 5) for m in (1, 2, 3, 4)))
+    cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / "movielens.yaml", [f"data.path={folder}"])
+    logs: list[str] = []
+    prepare_stage(cfg, tmp_path / "run", logs.append)
+    items = pq.read_table(tmp_path / "run" / "items.parquet").to_pylist()
+    by_title = {i["title"]: i for i in items}
+    assert by_title["Heat (1995)"]["text"] == "Heat (1995). Action | Crime | Thriller"
+    assert [by_title[t]["category"] for t in sorted(by_title)] == ["Drama", "Action", "Drama", "Animation"]
+    assert not [m for m in logs if "no item has" in m]  # every configured field is found
