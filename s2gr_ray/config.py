@@ -12,7 +12,9 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
 import os
+import re
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Mapping, get_args, get_origin, get_type_hints
@@ -563,9 +565,12 @@ def _coerce(key: str, value: Any, typ: Any) -> Any:
         if isinstance(value, bool):
             raise ConfigError(f"{key} = {value!r} is not a number")
         try:
-            return float(value)
+            number = float(value)
         except (TypeError, ValueError):
             raise ConfigError(f"{key} = {value!r} is not a number") from None
+        if not math.isfinite(number):  # float() takes "inf" and "nan"; a run would train on NaN losses
+            raise ConfigError(f"{key} = {value!r} is not a finite number")
+        return number
     if typ is str:
         if isinstance(value, (dict, list)):
             raise ConfigError(f"{key} = {value!r} is not a string")
@@ -590,6 +595,8 @@ def _apply(obj: Any, updates: Mapping[str, Any], prefix: str) -> Any:
             elif isinstance(value, Mapping):
                 for k, v in value.items():
                     nested.setdefault(head, {})[str(k)] = v
+            elif value is None:  # an empty section in a YAML file (`model:` with every key commented out)
+                continue
             else:
                 raise ConfigError(f"{full} is a section; set its keys ({full}.KEY=VALUE)")
         else:
@@ -643,6 +650,33 @@ def load_config(path: str | os.PathLike | None = None, overrides: list[str] | Ma
     return apply_overrides(Config(), values)
 
 
+class StrictLoader(yaml.SafeLoader):
+    """yaml.safe_load's loader, stricter where YAML is silently surprising: a key repeated in one mapping is an error
+    (YAML keeps the last and drops the first without a word), and ``1e-4`` reads as a number (YAML 1.1 reads it
+    as a string: only ``1.0e-4`` is a float)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            first: dict[Any, Any] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    mark = first.setdefault(key, key_node.start_mark)
+                except TypeError:  # an unhashable key: SafeLoader reports it
+                    continue
+                if mark is not key_node.start_mark:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {key!r} appears twice in one mapping (first at line {mark.line + 1}); "
+                        "keep one of them (YAML would silently drop the first)", key_node.start_mark)
+        return super().construct_mapping(node, deep=deep)
+
+
+StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
+
+
 def read_yaml_mapping(path: Path, what: str, missing_hint: str = "") -> dict[str, Any]:
     """A YAML file that must hold a mapping; errors name the file (`what`: "config file", "search space")."""
     if not path.exists():
@@ -652,7 +686,8 @@ def read_yaml_mapping(path: Path, what: str, missing_hint: str = "") -> dict[str
         raise ConfigError(f"{what} {path} is a directory; pass a YAML file"
                           + (f" such as {path / found[0]} (in it: {', '.join(found)})" if found else missing_hint))
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        with open(path, encoding="utf-8") as fh:  # a file stream: YAML's error marks name the file
+            data = yaml.load(fh, Loader=StrictLoader) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{what} {path} is not valid YAML: {exc}") from None
     except UnicodeDecodeError as exc:
@@ -664,15 +699,38 @@ def read_yaml_mapping(path: Path, what: str, missing_hint: str = "") -> dict[str
     return dict(data)
 
 
-def _load_yaml_chain(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
+def _missing_preset_hint(path: Path) -> str:
+    """What a config argument that is no file probably meant: an override without its value, or a preset named
+    without its folder or suffix."""
+    text = str(path)
+    if path.exists():
+        return ""
+    if re.fullmatch(r"[A-Za-z_]+(\.[A-Za-z_]+)+", text) and text.split(".")[0] in {f.name for f in fields(Config)}:
+        return f"; to set the config key {text}, write {text}=VALUE"
+    for guess in (path.with_suffix(".yaml"), Path("configs") / f"{path.name}.yaml", Path("configs") / path.name):
+        if guess != path and guess.is_file():
+            return f"; did you mean {guess}?"
+    return ""
+
+
+def _load_yaml_chain(path: Path, seen: tuple[Path, ...], named_by: Path | None = None) -> dict[str, Any]:
     if path.exists() and path.resolve() in seen:
         raise ConfigError(f"config file {path} includes itself through 'base:'")
-    data = read_yaml_mapping(path, "config file")
+    data = read_yaml_mapping(path, "config file", f" (named by 'base:' in {named_by})" if named_by else
+                             _missing_preset_hint(path))
     base = data.pop("base", None)
+    if base is not None and not isinstance(base, str):
+        raise ConfigError(f"config file {path}: base must be the file name of another preset (e.g. base: "
+                          f"beauty.yaml, relative to this file); got {base!r}")
     values: dict[str, Any] = {}
     if base:
-        values.update(_load_yaml_chain((path.parent / base), seen + (path.resolve(),)))
-    values.update(_flatten_mapping(data))
+        values.update(_load_yaml_chain((path.parent / base), seen + (path.resolve(),), path))
+    own = _flatten_mapping(data)
+    try:  # the file's own keys and values, so their errors name it (combinations are validated once, at the end)
+        _apply(Config(), own, "")
+    except ConfigError as exc:
+        raise ConfigError(f"config file {path}: {exc}") from None
+    values.update(own)
     return values
 
 

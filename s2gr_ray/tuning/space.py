@@ -192,6 +192,8 @@ def _parse_param(where: str, key: str, dist: Any, keys: list[str]) -> Param:
                                                              not isinstance(v, bool) for v in arg):
         raise ConfigError(f"{where}: params.{key}: {kind} needs [low, high] numbers; got {arg!r}")
     low, high = arg
+    if not all(math.isfinite(v) for v in arg):
+        raise ConfigError(f"{where}: params.{key}: {kind} needs finite bounds; got [{low}, {high}]")
     if kind == "randint" and not (float(low).is_integer() and float(high).is_integer()):
         raise ConfigError(f"{where}: params.{key}: randint bounds must be integers (both inclusive)")
     if not low < high:
@@ -359,6 +361,9 @@ def load_space(path: str | Path, overrides: list[str] | Mapping[str, Any] = (),
     num_samples = trials if trials is not None else data.get("num_samples", grid_size if all_grid else 8)
     if not isinstance(num_samples, int) or isinstance(num_samples, bool) or num_samples < 1:
         raise ConfigError(f"{where}: num_samples (or --trials) must be a positive integer; got {num_samples!r}")
+    if all_grid and num_samples > grid_size:  # Optuna's GridSampler would run grid points again
+        raise ConfigError(f"{where}: num_samples (or --trials) = {num_samples} is more than the grid's {grid_size} "
+                          f"points, each of which runs once: set it to {grid_size} or less (or leave it out)")
     concurrent = data.get("max_concurrent_trials", 0) if max_concurrent is None else max_concurrent
     cpus = data.get("tokenizer_cpus", 1)
     if not isinstance(concurrent, int) or isinstance(concurrent, bool) or concurrent < 0:
@@ -368,8 +373,8 @@ def load_space(path: str | Path, overrides: list[str] | Mapping[str, Any] = (),
         raise ConfigError(f"{where}: tokenizer_cpus must be >= 0 (0 = fit inside the trial process)")
 
     seed = data.get("seed", 0)
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise ConfigError(f"{where}: seed must be an integer; got {seed!r}")
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**32:
+        raise ConfigError(f"{where}: seed must be an integer from 0 to 2**32 - 1 (Optuna's range); got {seed!r}")
     points = []
     raw_points = data.get("points_to_evaluate") or []
     if not isinstance(raw_points, list):
@@ -393,6 +398,9 @@ def load_space(path: str | Path, overrides: list[str] | Mapping[str, Any] = (),
             raise ConfigError(f"{where}: points_to_evaluate[{i}] gives an invalid config: {exc}") from None
         points.append(enc)
     notes += _preflight(where, base, params, seed)
+    if all_grid and num_samples < grid_size:
+        notes.append(f"num_samples = {num_samples} runs {num_samples} of the grid's {grid_size} points, chosen at "
+                     "random by Optuna's GridSampler")
     if not all_grid and any(p.kind == "grid" for p in params):
         notes.append("grid parameters are sampled as choices (Optuna has no grid search mixed with other "
                      "distributions); make every parameter a grid for an exhaustive GridSampler sweep")

@@ -49,6 +49,8 @@ def test_dataset_location_override_on_preset():
     ("model.placement=sideways", "model.placement"),
     ("train.batch_size=0", "train.batch_size"),
     ("model.dropout=1.5", "model.dropout"),
+    ("train.lr=inf", r"train\.lr = 'inf' is not a finite number"),
+    ("model.w_reg=nan", r"model\.w_reg = 'nan' is not a finite number"),
     ("eval.beam_size=5", "eval.beam_size"),
     ("tokenizer.codebook_sizes=[]", "tokenizer.codebook_sizes"),
     ("tokenizer.num_coarse=300", "tokenizer.num_coarse"),
@@ -137,3 +139,47 @@ def test_a_saved_synthetic_run_with_a_data_path_still_loads():
         load_config(None, ["data.path=/data/beauty"])
     saved["data"]["format"] = "sequences"  # a real dataset's path is kept
     assert config_from_dict(saved).data.path == "/data/beauty"
+
+
+def test_a_preset_with_a_repeated_section_is_refused_and_1e_minus_4_is_a_number(tmp_path):
+    preset = tmp_path / "mine.yaml"
+    preset.write_text("model:\n  d_model: 64\n  num_heads: 2\ntrain:\n  lr: 1e-4\nmodel:\n  d_model: 128\n")
+    with pytest.raises(ConfigError, match=r"mine\.yaml is not valid YAML: key 'model' appears twice in one mapping "
+                                          r"\(first at line 1\); keep one of them(.|\n)*mine\.yaml\", line 6"):
+        load_config(preset)
+    preset.write_text("model:\n  d_model: 64\ntrain:\n  lr: 1e-4\n  weight_decay: 5E-3\n")
+    cfg = load_config(preset)
+    assert cfg.train.lr == 1e-4 and cfg.train.weight_decay == 5e-3 and cfg.model.d_model == 64
+
+
+def test_preset_errors_name_the_file(tmp_path):
+    (tmp_path / "sub").mkdir()
+    child = tmp_path / "sub" / "child.yaml"
+    child.write_text("base: missing.yaml\n")
+    with pytest.raises(ConfigError, match=r"missing\.yaml does not exist \(named by 'base:' in .*child\.yaml\)"):
+        load_config(child)
+    child.write_text("base: [a.yaml]\n")
+    with pytest.raises(ConfigError, match=r"child\.yaml: base must be the file name of another preset"):
+        load_config(child)
+    child.write_text("train:\n  lrr: 0.1\n")
+    with pytest.raises(ConfigError, match=r"config file .*child\.yaml: unknown config key 'train\.lrr'.*'train\.lr'"):
+        load_config(child)
+    child.write_text("train:\n  batch_size: many\n")
+    with pytest.raises(ConfigError, match=r"config file .*child\.yaml: train\.batch_size = 'many' is not an integer"):
+        load_config(child)
+    child.write_text("model:\n  # d_model: 64\ntrain:\n  lr: 0.01\n")  # an empty section is no section
+    assert load_config(child).train.lr == 0.01
+
+
+def test_a_config_argument_that_is_no_file_says_what_it_probably_meant(tmp_path, monkeypatch):
+    with pytest.raises(ConfigError, match=r"model\.d_model does not exist; to set the config key model\.d_model, "
+                                          r"write model\.d_model=VALUE"):
+        load_config("model.d_model")
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "mine.yaml").write_text("train:\n  lr: 0.01\n")
+    monkeypatch.chdir(tmp_path)
+    for name in ("mine", "mine.yaml"):
+        with pytest.raises(ConfigError, match=rf"config file {name} does not exist; did you mean configs/mine\.yaml\?"):
+            load_config(name)
+    with pytest.raises(ConfigError, match=r"config file other does not exist$"):
+        load_config("other")

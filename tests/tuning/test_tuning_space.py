@@ -153,6 +153,36 @@ def test_grid_spaces(tmp_path):
     mixed = load_space(write_space(tmp_path, params={"model.n_think": {"grid": [0, 1]},
                                                      "model.w_align": {"uniform": [0.5, 1.0]}}))
     assert not mixed.all_grid and any("sampled as choices" in n for n in mixed.notes)
+    grid = {"model.n_think": {"grid": [0, 1, 2]}}
+    with pytest.raises(ConfigError, match=r"num_samples \(or --trials\) = 10 is more than the grid's 3 points"):
+        load_space(write_space(tmp_path, params=grid, num_samples=10))
+    with pytest.raises(ConfigError, match=r"= 4 is more than the grid's 3 points"):
+        load_space(write_space(tmp_path, params=grid), trials=4)
+    part = load_space(write_space(tmp_path, params=grid), trials=2)
+    assert part.num_samples == 2 and any("runs 2 of the grid's 3 points" in n for n in part.notes)
+
+
+def test_infinite_bounds_are_refused(tmp_path):
+    with pytest.raises(ConfigError, match=r"params\.train\.lr: uniform needs finite bounds; got \[0\.001, inf\]"):
+        load_space(write_space(tmp_path, params={"train.lr": {"uniform": [0.001, float("inf")]}}))
+
+
+@pytest.mark.parametrize("seed", [-1, 2**32, True])
+def test_an_optuna_seed_out_of_range_is_refused_when_the_space_loads(tmp_path, seed):
+    with pytest.raises(ConfigError, match=r"seed must be an integer from 0 to 2\*\*32 - 1"):
+        load_space(write_space(tmp_path, seed=seed))
+
+
+def test_space_files_read_1e_minus_4_as_a_number_and_refuse_a_repeated_key(tmp_path):
+    path = tmp_path / "space.yaml"
+    path.write_text(f"base: {REPO / 'configs' / 'quickstart.yaml'}\nparams:\n  train.lr: {{loguniform: [1e-4, 1e-2]}}\n"
+                    "num_samples: 2\n", encoding="utf-8")
+    (p,) = load_space(path).params
+    assert (p.low, p.high) == (1e-4, 1e-2)
+    path.write_text(path.read_text() + "params:\n  model.n_think: {grid: [0, 1]}\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"space\.yaml is not valid YAML: key 'params' appears twice in one mapping "
+                                          r"\(first at line 2\)(.|\n)*space\.yaml\", line 5"):
+        load_space(path)
 
 
 def _result(tid, metric_hist, final=False, error=None, params=None, path=None):
@@ -232,7 +262,7 @@ def test_searcher_grid_and_forced_points_without_a_cluster(tmp_path):
     ({"overrides": ["train.max_epochs=8"]}, r"overrides must be a mapping .*\{train.max_epochs: 8\}"),
     ({"overrides": 5}, "overrides must be a mapping"),
     ({"scheduler": {"type": "asha", "grace_period": "two"}}, "scheduler.grace_period must be an integer"),
-    ({"seed": "x"}, "seed must be an integer; got 'x'"),
+    ({"seed": "x"}, "seed must be an integer from 0 to 2\\*\\*32 - 1 \\(Optuna's range\\); got 'x'"),
     ({"params": {"eval.min_history_view": {"choice": [5, 10]}}}, "renames or redefines the metric"),
     ({"params": {"eval.ks": {"choice": [[5, 10], [10, 20]]}}}, "renames or redefines the metric"),
 ])
