@@ -38,6 +38,21 @@ _SPLIT = re.compile(r"[\s,]+")
 _QUOTES = "'\""
 
 
+def _check_fields(record: Any, path: Path, fields: dict[str, type], stage: str) -> None:
+    """A saved JSON record (manifest, signature) must be an object holding ``fields`` of their types: otherwise the
+    file is damaged (or hand-edited), and loading would fail deep inside with a KeyError or AttributeError."""
+    if not isinstance(record, dict):
+        raise ServingError(f"{path} holds {type(record).__name__}, not a JSON object: the file is damaged; rebuild "
+                           f"it (s2gr {stage} <preset> --out RUN)")
+    for key, typ in fields.items():
+        value = record.get(key)
+        if not isinstance(value, typ) or isinstance(value, bool):
+            what = "is missing" if key not in record else f"is {value!r}, not {'an' if typ is int else 'a'} " \
+                f"{ {dict: 'JSON object', str: 'string', int: 'integer'}[typ] }"
+            raise ServingError(f"{path}: {key!r} {what}: the file is damaged or from another program; rebuild it "
+                               f"(s2gr {stage} <preset> --out RUN)")
+
+
 def history_tokens(history: Any) -> list:
     """One history -> its ids: a list/array of ids, or a string "12 7 301", "12,7,301", "[12, 7, 301]" (what
     pandas to_csv writes for a list column) or "['B01', 'B02']"; bytes are read as UTF-8 text."""
@@ -48,6 +63,8 @@ def history_tokens(history: Any) -> list:
         if text[:1] + text[-1:] in ("[]", "()"):
             text = text[1:-1]
         return [t.strip(_QUOTES) for t in _SPLIT.split(text) if t.strip(_QUOTES)]
+    if history is None:  # a missing history (None / NaN cell): no ids, as score reads it
+        return []
     if isinstance(history, np.ndarray):
         history = history.tolist()
     return [t.decode("utf-8", errors="backslashreplace") if isinstance(t, (bytes, bytearray)) else t
@@ -184,10 +201,13 @@ class Recommender:
         model_manifest = artifacts.read_manifest(model_dir, "model")
         tok_dir = artifacts.tokenizer_dir(run)
         tok_manifest = artifacts.read_manifest(tok_dir, "tokenizer")
+        _check_fields(tok_manifest, tok_dir / artifacts.MANIFEST, {"hash": str}, "tokenize")
+        _check_fields(model_manifest, model_dir / artifacts.MANIFEST, {"upstream": dict}, "train")
         check_catalog(run, tok_dir, tok_manifest)
         tok = SIDTokenizer.load(tok_dir)
         signature = artifacts.read_json(model_dir / "signature.json")
         where = f"{model_dir / 'signature.json'}"
+        _check_fields(signature, model_dir / "signature.json", {"model": dict, "max_history": int}, "train")
         expected = {"level_sizes": [int(s) for s in tok.level_sizes],
                     "num_semantic_levels": int(tok.num_semantic_levels), "tokenizer_hash": tok_manifest["hash"]}
         try:
@@ -205,7 +225,7 @@ class Recommender:
         model = S2GR(model_cfg, tok.level_sizes, tok.num_semantic_levels,
                      [torch.as_tensor(np.array(c)) for c in tok.coarse_centres],
                      [torch.as_tensor(np.array(m)) for m in tok.code_to_cluster],
-                     max_history=int(signature.get("max_history", 20)))
+                     max_history=signature["max_history"])
         weights = model_dir / "model.pt"
         try:
             state = torch.load(weights, map_location="cpu", weights_only=True)
@@ -264,12 +284,16 @@ class Recommender:
         """Top-k items for each history (a list of ids, or one space-separated string of ids). Each element is one
         user: recommend(["B01", "B02"]) is two users of one item each; one user's history is recommend([["B01",
         "B02"]]) or recommend_one(["B01", "B02"])."""
+        if not isinstance(histories, (Sequence, np.ndarray)) and hasattr(histories, "__iter__"):
+            histories = list(histories)  # a generator or another iterable of histories
         if isinstance(histories, (str, bytes)) or (len(histories) and all(
                 isinstance(h, (int, np.integer)) for h in histories)):
             raise ServingError("recommend() takes a list of histories (each a list of ids or an 'id id id' "
                                "string); for one history use recommend_one(history)")
-        if k < 1:
-            raise ServingError(f"k = {k} must be >= 1")
+        if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
+            raise ServingError(f"k = {k!r} must be a whole number >= 1")
+        if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
+            raise ServingError(f"batch_size = {batch_size!r} must be a whole number >= 1")
         if beam_size is not None and beam_size < 1:
             raise ServingError(f"beam size (--beam-size) = {beam_size} must be >= 1; leave it out for the default "
                                f"max(k, {DEFAULT_BEAM})")

@@ -171,10 +171,15 @@ def build_report(run: str | Path, num_users: int = 5, k: int = 10, out: str | Pa
 
     run = Path(run).resolve()
     path = Path(out) if out else run / "report.html"
-    if path.is_dir():
+    if out and path.is_dir():
         raise ValueError(f"--out {path} is a folder; give the page's file name, e.g. {path / 'report.html'}")
-    if not path.parent.is_dir():
+    if out and not path.parent.is_dir():
         raise ValueError(f"--out {path}: the folder {path.parent} does not exist; create it or choose another path")
+    if not run.is_dir():
+        raise ValueError(f"run directory {run} does not exist (or is not a folder); pass the --out folder of a "
+                         "trained run (s2gr run / s2gr train)")
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder; pass --out with the page's file name")
     tokenizer = SIDTokenizer.load(artifacts.tokenizer_dir(run))
     metrics = artifacts.read_json(run / "metrics.json") if (run / "metrics.json").exists() else {}
     rec = Recommender.load(run, device="cpu")

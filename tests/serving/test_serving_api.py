@@ -173,3 +173,38 @@ def test_mismatched_tokenizer_is_refused(run_copy, edit):
     field = "level_sizes" if edit == "level_sizes" else "tokenizer_hash"
     with pytest.raises(ServingError, match=f"tokenizer/model mismatch.*{field}.*retrain"):
         Recommender.load(run_copy, device="cpu")
+
+
+@pytest.mark.parametrize("path,edit,match", [
+    ("model/signature.json", lambda sig: [1], r"signature\.json holds list, not a JSON object"),
+    ("model/signature.json", lambda sig: {k: v for k, v in sig.items() if k != "model"},
+     r"signature\.json: 'model' is missing: the file is damaged"),
+    ("model/signature.json", lambda sig: {**sig, "max_history": "x"},
+     r"signature\.json: 'max_history' is 'x', not an integer"),
+    ("model/manifest.json", lambda man: {**man, "upstream": []}, r"model/manifest\.json: 'upstream' is \[\], not a "
+     r"JSON object"),
+    ("tokenizer/manifest.json", lambda man: {k: v for k, v in man.items() if k != "hash"},
+     r"tokenizer/manifest\.json: 'hash' is missing"),
+])
+def test_damaged_records_are_named_not_tracebacks(run_copy, path, edit, match):
+    from s2gr_ray.serving.api import Recommender, ServingError
+
+    record = run_copy / path
+    record.write_text(json.dumps(edit(json.loads(record.read_text()))))
+    with pytest.raises(ServingError, match=match):
+        Recommender.load(run_copy, device="cpu")
+
+
+def test_python_api_arguments_are_checked(recommender, test_rows):
+    from s2gr_ray.serving.api import ServingError
+
+    history = test_rows[0]["history"]
+    for bad in (2.5, "5", True, 0):
+        with pytest.raises(ServingError, match=r"k = .* must be a whole number >= 1"):
+            recommender.recommend([history], k=bad, id_type="item_id")
+    with pytest.raises(ServingError, match=r"batch_size = 0 must be a whole number >= 1"):
+        recommender.recommend([history], k=5, id_type="item_id", batch_size=0)
+    from_generator = recommender.recommend((h for h in [history, None]), k=5, id_type="item_id")
+    alone = recommender.recommend_one(history, k=5, id_type="item_id")
+    assert [i.item_id for i in from_generator[0].items] == [i.item_id for i in alone.items]
+    assert from_generator[1].items == [] and "empty history" in from_generator[1].reason  # None: no ids

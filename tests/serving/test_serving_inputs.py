@@ -106,6 +106,8 @@ def test_report_flags_and_out_are_checked_before_loading(tmp_path, capsys):
         code, err = _cli(["report", str(run), *argv], capsys)
         assert code == 2 and needle in err, (argv, err)
     assert not any(p.name.startswith(".") for p in tmp_path.iterdir())  # no temp file left behind
+    code, err = _cli(["report", str(run)], capsys)  # a mistyped run: named as the run, not as a default --out
+    assert code == 2 and f"run directory {run} does not exist" in err and "--out" not in err.split("(")[0], err
 
 
 def test_os_errors_of_serving_commands_are_one_line(tmp_path, capsys, monkeypatch):
@@ -166,7 +168,7 @@ def test_matching_catalog_passes_and_a_missing_data_manifest_is_named(tmp_path):
     ('"12 7"', ["12", "7"]),
     ("12,7 301", ["12", "7", "301"]),
     ("[12  7 301]", ["12", "7", "301"]),  # numpy repr
-    ("[]", []), ("", []),
+    ("[]", []), ("", []), (None, []),
     (b"12 7", ["12", "7"]),
     ([b"B01", "B02"], ["B01", "B02"]),
     (np.array([3, 4]), [3, 4]),
