@@ -5,6 +5,7 @@ Inside `ray job submit`, RAY_ADDRESS is set, so s2gr_ray.training.ray_env.init_r
 """
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -17,8 +18,44 @@ JOBS = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != JOBS]
 
 
+# arguments whose relative paths would land in the job's temporary copy of --working-dir
+OUTPUT_KEYS = ("train.storage_path",)
+
+
+def lost_outputs(args: list[str], environ=os.environ) -> list[str]:
+    """The arguments that would write into the job's temporary working directory: inside `ray job submit
+    --working-dir`, the driver runs in Ray's unpacked copy of that folder (/tmp/ray/session_*/runtime_resources/...),
+    which Ray deletes later, so a relative --out or train.storage_path is lost with it. Empty outside such a job."""
+    try:
+        job = json.loads(environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "") or "{}")
+    except json.JSONDecodeError:
+        return []
+    if not (job.get("runtime_env") or {}).get("working_dir"):
+        return []
+    found = []
+    for i, arg in enumerate(args):
+        if arg == "--out" and i + 1 < len(args):
+            name, value = "--out", args[i + 1]
+        elif arg.startswith("--out="):
+            name, value = "--out", arg.split("=", 1)[1]
+        elif arg.split("=", 1)[0] in OUTPUT_KEYS and "=" in arg:
+            name, value = arg.split("=", 1)
+        else:
+            continue
+        if value and "://" not in value and not Path(value).is_absolute():
+            found.append(f"{name} {value}")
+    return found
+
+
 def run_cli(command: str, args: list[str]) -> int:
     """`s2gr COMMAND *args`, after the two settings a job driver needs."""
+    lost = lost_outputs(args)
+    if lost:
+        print(f"s2gr {command} (Ray job): {', '.join(lost)} is relative: inside `ray job submit --working-dir` it "
+              f"would be written into the job's temporary copy of the working directory ({os.getcwd()}), which Ray "
+              "deletes; pass an absolute path on storage every node and you can reach (e.g. --out /mnt/shared/runs/x)",
+              file=sys.stderr)
+        return 2
     # `ray job submit --working-dir .` unpacks the repository on the cluster and puts it on PYTHONPATH; this also
     # lets `python jobs/run.py` work from a checkout that is not pip-installed.
     if str(REPO) not in sys.path:

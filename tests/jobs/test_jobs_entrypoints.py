@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import subprocess
@@ -71,3 +72,23 @@ def test_readme_commands_are_valid():
         overrides = [a.split("=", 1)[0] for a in job_args[3:] if "=" in a and not a.startswith("-")]
         assert set(overrides) <= keys, set(overrides) - keys
         assert "--out" in job_args and job_args[job_args.index("--out") + 1].startswith(("/", "$PWD/"))
+
+
+def test_relative_outputs_inside_a_submitted_job_are_refused(tmp_path):
+    """Inside `ray job submit --working-dir`, a relative --out would land in Ray's temporary copy of the folder."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("jobs_job", REPO / "jobs" / "_job.py")
+    _job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(_job)
+    in_job = {"RAY_JOB_CONFIG_JSON_ENV_VAR": json.dumps({"runtime_env": {"working_dir": "gcs://_ray_pkg_x.zip"}})}
+    args = ["configs/quickstart.yaml", "--out", "runs/x", "train.storage_path=ckpt", "data.path=data/x"]
+    assert _job.lost_outputs(args, in_job) == ["--out runs/x", "train.storage_path ckpt"]
+    assert _job.lost_outputs(["--out=/mnt/shared/x", "train.storage_path=s3://b/ckpt"], in_job) == []
+    assert _job.lost_outputs(args, {}) == []  # not a job: relative paths are the user's working folder
+    no_dir = {"RAY_JOB_CONFIG_JSON_ENV_VAR": json.dumps({"runtime_env": {"pip": ["x"]}})}
+    assert _job.lost_outputs(args, no_dir) == []  # a job without --working-dir runs where it was started
+    env = {**os.environ, **in_job}
+    done = subprocess.run([sys.executable, str(REPO / "jobs" / "prepare.py"), "configs/quickstart.yaml", "--out",
+                           "runs/x"], capture_output=True, text=True, timeout=60, cwd=tmp_path, env=env)
+    assert done.returncode == 2 and "--out runs/x is relative" in done.stderr and not (tmp_path / "runs").exists()
