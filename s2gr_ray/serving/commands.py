@@ -109,6 +109,14 @@ def print_recommendation(res) -> None:
     print()
 
 
+def _check_actor_resources(args: argparse.Namespace) -> None:
+    """--cpus-per-actor / --gpus-per-actor: Ray resources, so >= 0 (checked before Ray starts)."""
+    for flag in ("cpus_per_actor", "gpus_per_actor"):
+        value = getattr(args, flag)
+        if value is not None and not value >= 0:
+            raise ValueError(f"--{flag.replace('_', '-')} {value} must be >= 0")
+
+
 def run_command(args: argparse.Namespace) -> int:
     """Dispatch a serving subcommand; clear errors -> exit status 2."""
     from s2gr_ray.artifacts import ArtifactError
@@ -134,6 +142,8 @@ def run_command(args: argparse.Namespace) -> int:
         elif args.command == "score":
             from s2gr_ray.serving.score import default_concurrency, score_users
 
+            _check_actor_resources(args)
+
             concurrency = default_concurrency() if args.concurrency is None else args.concurrency
             score_users(args.run, args.users, args.out, k=args.k, batch_size=args.batch_size,
                         concurrency=concurrency, id_type=args.id_type,
@@ -142,6 +152,8 @@ def run_command(args: argparse.Namespace) -> int:
                         rows_per_file=args.rows_per_file, log=log)
         elif args.command == "evaluate":
             from s2gr_ray.serving.evaluate import evaluate_run, metric_table, parse_ks
+
+            _check_actor_resources(args)
 
             ks = None if args.ks is None else parse_ks(args.ks)
             out = evaluate_run(args.run, args.split, beam_size=args.beam_size, ks=ks,

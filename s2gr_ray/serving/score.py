@@ -136,6 +136,8 @@ def score_users(run: str | Path, users: str | Path, out: str | Path, k: int = 10
                                                                 if flag in ("--concurrency", "--beam-size") else ""))
     run = Path(run).resolve()
     _check_out(str(out), run, str(users))
+    if "://" not in str(users) and not Path(users).exists():  # before the model loads and Ray starts
+        raise FileNotFoundError(f"users file {users} does not exist")
     Recommender.load(run, device="cpu")  # fail fast, in the driver, on a bad run (before any actor starts)
     init_ray(RayConfig(address=ray_address), use_gpu=bool(gpus_per_actor), log=log)
     ctx = ray.data.DataContext.get_current()

@@ -233,3 +233,16 @@ def test_cli_evaluate_bad_ks_names_the_flag(tmp_path, capsys):
         assert code == 2 and "--ks" in err and "positive integers" in err, err
     with pytest.raises(ValueError, match="--ks"):
         evaluate_run(tmp_path / "run", "test", ks=[])
+
+
+def test_score_flags_and_a_missing_users_file_are_checked_before_the_model_loads(tmp_path, capsys):
+    users = _parquet(tmp_path / "users.parquet")
+    run = tmp_path / "run"  # no run: each refusal below must come before the model is loaded
+    code, err = _cli(["score", str(run), "--users", str(tmp_path / "userz.parquet"), "--out", str(tmp_path / "o")],
+                     capsys)
+    assert code == 2 and "users file" in err and "userz.parquet does not exist" in err, err
+    for flag in ("--cpus-per-actor", "--gpus-per-actor"):
+        code, err = _cli(["score", str(run), "--users", str(users), "--out", str(tmp_path / "o"), flag, "-1"], capsys)
+        assert code == 2 and f"{flag} -1.0 must be >= 0" in err, err
+        code, err = _cli(["evaluate", str(run), flag, "-1"], capsys)
+        assert code == 2 and f"{flag} -1.0 must be >= 0" in err, err
