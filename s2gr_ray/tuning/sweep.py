@@ -49,6 +49,21 @@ def prepare_shared(cfg: Config, data_run: Path, log: Callable[[str], None]) -> d
     return embed_stage(cfg, data_run, log)
 
 
+def check_tokenizer_cpus(spec: SweepSpec, nodes: list[dict], autoscaling: bool, log: Callable[[str], None]) -> None:
+    """A tokenizer task asks for tokenizer_cpus CPUs on one node: more than any node has would wait forever on a
+    fixed cluster (refused here), and on a cluster that may add bigger nodes it is worth a note."""
+    if spec.tokenizer_cpus <= 0:
+        return
+    largest = max((n.get("Resources", {}).get("CPU", 0) for n in nodes if n.get("Alive", True)), default=0)
+    if spec.tokenizer_cpus <= largest:
+        return
+    msg = (f"{spec.path}: tokenizer_cpus = {spec.tokenizer_cpus:g} but the largest node has {largest:g} CPU(s), so "
+           "the Ray task that fits a tokenizer could not be scheduled")
+    if not autoscaling:
+        raise ConfigError(f"{msg}; lower tokenizer_cpus (0 = fit inside the trial's process)")
+    log(f"tune: note: {msg} unless the cluster adds a bigger node")
+
+
 def concurrency(spec: SweepSpec, log: Callable[[str], None]) -> int:
     """max_concurrent_trials, or (0) what the cluster holds: each trial's worker CPUs plus as much again for
     its Ray Data pipeline, and its GPUs when train.use_gpu."""
@@ -201,6 +216,11 @@ def tune_command(space_path: str | Path, overrides: list[str], out: str | Path, 
     from s2gr_ray.training.ray_env import init_ray
 
     init_ray(spec.base.ray, spec.base.train.use_gpu, log)
+    import ray
+
+    from s2gr_ray.training.ray_env import cluster_address
+
+    check_tokenizer_cpus(spec, ray.nodes(), autoscaling=bool(cluster_address(spec.base.ray)), log=log)
     from ray.tune.error import TuneError
 
     try:

@@ -301,3 +301,21 @@ def test_trials_on_a_shared_storage_path_get_their_own_checkpoint_folders():
     shared = load_config(None, ["train.storage_path=s3://bucket/sweeps", "train.run_name=r"])
     names = {trial_run_config(shared, {}, t).train.run_name for t in ("abc_00001", "abc_00002")}
     assert names == {"r_abc_00001", "r_abc_00002"}
+
+
+def test_a_tokenizer_task_larger_than_every_node_is_refused_on_a_fixed_cluster(tmp_path):
+    from s2gr_ray.tuning.sweep import check_tokenizer_cpus
+
+    spec = load_space(write_space(tmp_path, tokenizer_cpus=4))
+    nodes = [{"Alive": True, "Resources": {"CPU": 2.0}}, {"Alive": False, "Resources": {"CPU": 8.0}}]
+    with pytest.raises(ConfigError, match=r"tokenizer_cpus = 4 but the largest node has 2 CPU\(s\).*lower "
+                                          r"tokenizer_cpus \(0 = fit inside"):
+        check_tokenizer_cpus(spec, nodes, autoscaling=False, log=print)
+    notes: list[str] = []
+    check_tokenizer_cpus(spec, nodes, autoscaling=True, log=notes.append)  # a bigger node may come
+    assert len(notes) == 1 and "unless the cluster adds a bigger node" in notes[0]
+    check_tokenizer_cpus(spec, nodes + [{"Alive": True, "Resources": {"CPU": 4.0}}], autoscaling=False,
+                         log=notes.append)
+    check_tokenizer_cpus(load_space(write_space(tmp_path, tokenizer_cpus=0)), nodes, autoscaling=False,
+                         log=notes.append)
+    assert len(notes) == 1
