@@ -63,8 +63,8 @@ def history_tokens(history: Any) -> list:
         if text[:1] + text[-1:] in ("[]", "()"):
             text = text[1:-1]
         return [t.strip(_QUOTES) for t in _SPLIT.split(text) if t.strip(_QUOTES)]
-    if history is None:  # a missing history (None / NaN cell): no ids, as score reads it
-        return []
+    if history is None or (isinstance(history, float) and history != history):  # a missing history (None, a
+        return []  # pandas NaN cell): no ids, as score reads a missing cell
     if isinstance(history, np.ndarray):
         history = history.tolist()
     return [t.decode("utf-8", errors="backslashreplace") if isinstance(t, (bytes, bytearray)) else t

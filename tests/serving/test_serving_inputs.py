@@ -168,7 +168,7 @@ def test_matching_catalog_passes_and_a_missing_data_manifest_is_named(tmp_path):
     ('"12 7"', ["12", "7"]),
     ("12,7 301", ["12", "7", "301"]),
     ("[12  7 301]", ["12", "7", "301"]),  # numpy repr
-    ("[]", []), ("", []), (None, []),
+    ("[]", []), ("", []), (None, []), (float("nan"), []),
     (b"12 7", ["12", "7"]),
     ([b"B01", "B02"], ["B01", "B02"]),
     (np.array([3, 4]), [3, 4]),
