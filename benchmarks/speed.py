@@ -582,7 +582,8 @@ def _tree_memory(root) -> list[tuple[str, int, int]]:
     for p in [root, *root.children(recursive=True)]:
         try:
             info = p.memory_full_info()
-            rows.append((" ".join(p.cmdline())[:60] or p.name(), info.rss, getattr(info, "pss", info.rss)))
+            command = " ".join(" ".join(p.cmdline()).split())  # one line (a `python -c` child's code has several)
+            rows.append((command[:60] or p.name(), info.rss, getattr(info, "pss", info.rss)))
         except psutil.Error:
             pass
     return rows
