@@ -22,15 +22,19 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != JOBS]
 OUTPUT_KEYS = ("train.storage_path",)
 
 
-def lost_outputs(args: list[str], environ=os.environ) -> list[str]:
-    """The arguments that would write into the job's temporary working directory: inside `ray job submit
-    --working-dir`, the driver runs in Ray's unpacked copy of that folder (/tmp/ray/session_*/runtime_resources/...),
-    which Ray deletes later, so a relative --out or train.storage_path is lost with it. Empty outside such a job."""
+def lost_outputs(args: list[str], environ=os.environ, cwd: Path | None = None) -> list[str]:
+    """The command-line arguments that would write into the job's temporary working directory: inside `ray job
+    submit --working-dir`, the driver starts in Ray's unpacked copy of that folder
+    (/tmp/ray/session_*/runtime_resources/working_dir_files/...), which Ray deletes later, so a relative --out or
+    train.storage_path= is lost with it. Empty outside such a job, and when the entry point has changed to another
+    folder (`cd /mnt/shared && python jobs/train.py ...`)."""
     try:
         job = json.loads(environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR", "") or "{}")
     except json.JSONDecodeError:
         return []
     if not (job.get("runtime_env") or {}).get("working_dir"):
+        return []
+    if "runtime_resources" not in (cwd or Path.cwd()).parts:
         return []
     found = []
     for i, arg in enumerate(args):

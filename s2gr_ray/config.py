@@ -57,7 +57,8 @@ class DataConfig:
     interactions_file: str = "interactions.parquet"
     user_column: str = "user_id"
     item_column: str = "item_id"
-    # the items file's id column / field (tables and sequences formats) where it is not named data.item_column
+    # the items file's id column (tables) / field (sequences) where it is not named data.item_column (tables) /
+    # item_id (sequences); "" = those names
     items_id_column: str = ""
     time_column: str = "timestamp"  # optional in the file; file order is used where absent
     # amazon format: review + metadata dumps (JSON lines or 2014 Python-literal lines, gzipped or not)
@@ -677,8 +678,18 @@ StrictLoader.add_implicit_resolver(
     "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
 
 
-def read_yaml_mapping(path: Path, what: str, missing_hint: str = "") -> dict[str, Any]:
-    """A YAML file that must hold a mapping; errors name the file (`what`: "config file", "search space")."""
+class StrictDumper(yaml.SafeDumper):
+    """yaml.safe_dump's dumper with StrictLoader's number rule: a string such as '1e5' is written quoted, so it reads
+    back as the string it was (a column or run name), not as a number."""
+
+
+StrictDumper.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
+
+
+def read_yaml_mapping(path: Path, what: str, missing_hint: str = "", loader: type = StrictLoader) -> dict[str, Any]:
+    """A YAML file that must hold a mapping; errors name the file (`what`: "config file", "search space").
+    ``loader``: yaml.SafeLoader reads a file as it was read before StrictLoader (a resumed sweep's space)."""
     if not path.exists():
         raise ConfigError(f"{what} {path} does not exist{missing_hint}")
     if path.is_dir():
@@ -687,7 +698,7 @@ def read_yaml_mapping(path: Path, what: str, missing_hint: str = "") -> dict[str
                           + (f" such as {path / found[0]} (in it: {', '.join(found)})" if found else missing_hint))
     try:
         with open(path, encoding="utf-8") as fh:  # a file stream: YAML's error marks name the file
-            data = yaml.load(fh, Loader=StrictLoader) or {}
+            data = yaml.load(fh, Loader=loader) or {}
     except yaml.YAMLError as exc:
         raise ConfigError(f"{what} {path} is not valid YAML: {exc}") from None
     except UnicodeDecodeError as exc:
@@ -705,7 +716,8 @@ def _missing_preset_hint(path: Path) -> str:
     text = str(path)
     if path.exists():
         return ""
-    if re.fullmatch(r"[A-Za-z_]+(\.[A-Za-z_]+)+", text) and text.split(".")[0] in {f.name for f in fields(Config)}:
+    keys = valid_keys()
+    if text in keys:
         return f"; to set the config key {text}, write {text}=VALUE"
     for guess in (path.with_suffix(".yaml"), Path("configs") / f"{path.name}.yaml", Path("configs") / path.name):
         if guess != path and guess.is_file():
@@ -748,4 +760,4 @@ def config_from_dict(data: Mapping[str, Any]) -> Config:
 
 
 def dump_yaml(cfg: Config) -> str:
-    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+    return yaml.dump(cfg.to_dict(), Dumper=StrictDumper, sort_keys=False)

@@ -39,6 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+import yaml
+
 from s2gr_ray.config import (Config, ConfigError, apply_overrides, config_from_dict, load_config, read_yaml_mapping,
                              paper_view, parse_override, valid_keys)
 
@@ -262,11 +264,14 @@ def _preflight(where: str, base: Config, params: tuple[Param, ...], seed: int) -
 
 
 def load_space(path: str | Path, overrides: list[str] | Mapping[str, Any] = (),
-               trials: int | None = None, max_concurrent: int | None = None) -> SweepSpec:
-    """Read and validate a space file; every error names the file and the key (before any trial starts)."""
+               trials: int | None = None, max_concurrent: int | None = None, legacy_yaml: bool = False) -> SweepSpec:
+    """Read and validate a space file; every error names the file and the key (before any trial starts).
+    ``legacy_yaml``: read it with plain yaml.SafeLoader, as sweeps started before config.StrictLoader read it (then
+    `1e-4` was the string '1e-4'), so such a sweep resumes with the values it started with."""
     path = Path(path)
     where = str(path)
-    data = read_yaml_mapping(path, "search space", " (see search_spaces/*.yaml)")
+    data = read_yaml_mapping(path, "search space", " (see search_spaces/*.yaml)",
+                             **({"loader": yaml.SafeLoader} if legacy_yaml else {}))
     for k in data:
         if k not in TOP_KEYS:
             raise _nearest(str(k), list(TOP_KEYS), f"{where}: top-level key")

@@ -15,6 +15,7 @@ A failed trial ends as ERROR in the table and the sweep goes on.
 from __future__ import annotations
 
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -147,6 +148,28 @@ def _trainable(spec: SweepSpec, out: Path):
     return tune.with_resources(tune.with_parameters(tune_trainable, spec=payload), {"CPU": TRIAL_CPU})
 
 
+def spec_as_started(spec: SweepSpec, out: Path, legacy: Callable[[], SweepSpec],
+                    log: Callable[[str], None]) -> SweepSpec:
+    """The spec to resume OUT's sweep with: ``spec``, unless OUT's sweep was started from this same file when space
+    files were read with plain yaml.SafeLoader (``legacy()``: then `1e-4` was the string '1e-4', so its values and
+    fingerprint differ): that sweep goes on with the values it started with."""
+    record = out / "sweep.json"
+    if not record.exists():
+        return spec
+    old = artifacts.read_json(record).get("fingerprint")
+    if old in (None, spec.fingerprint()):
+        return spec
+    try:
+        before = legacy()
+    except ConfigError:
+        return spec
+    if before.fingerprint() != old:
+        return spec
+    log(f"tune: note: the sweep in {out} started when numbers such as 1e-4 in space files were read as text; it "
+        "resumes with the values it started with")
+    return before
+
+
 def check_resume(out: Path, spec: SweepSpec) -> bool:
     """True when OUT holds a restorable sweep of this very spec; refuse one of another spec."""
     from ray import tune
@@ -203,9 +226,16 @@ def tune_command(space_path: str | Path, overrides: list[str], out: str | Path, 
                  log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run (or resume) a sweep; returns {"rows": [...], "best": row | None, "best_yaml": path | None}."""
     spec = load_space(space_path, overrides, trials, max_concurrent)  # raises ConfigError before anything starts
+    out = Path(out).resolve()  # Tune and Train storage paths must be absolute
+    spec = spec_as_started(spec, out, lambda: load_space(space_path, overrides, trials, max_concurrent,
+                                                         legacy_yaml=True), log)
     for note in spec.notes:
         log(f"tune: note: {note}")
-    out = Path(out).resolve()  # Tune and Train storage paths must be absolute
+    from s2gr_ray.training.ray_env import cluster_address
+
+    if not cluster_address(spec.base.ray):  # the local Ray this process starts: its size is known now
+        local = [{"Alive": True, "Resources": {"CPU": spec.base.ray.num_cpus or os.cpu_count() or 1}}]
+        check_tokenizer_cpus(spec, local, autoscaling=False, log=log)
     out.mkdir(parents=True, exist_ok=True)
     resume = check_resume(out, spec)
     log(f"tune: {spec.num_samples} trial(s) over {', '.join(p.key for p in spec.params)}; metric {spec.metric} "
@@ -216,11 +246,10 @@ def tune_command(space_path: str | Path, overrides: list[str], out: str | Path, 
     from s2gr_ray.training.ray_env import init_ray
 
     init_ray(spec.base.ray, spec.base.train.use_gpu, log)
-    import ray
+    if cluster_address(spec.base.ray):  # a cluster's nodes are known once connected; it may add bigger ones
+        import ray
 
-    from s2gr_ray.training.ray_env import cluster_address
-
-    check_tokenizer_cpus(spec, ray.nodes(), autoscaling=bool(cluster_address(spec.base.ray)), log=log)
+        check_tokenizer_cpus(spec, ray.nodes(), autoscaling=True, log=log)
     from ray.tune.error import TuneError
 
     try:

@@ -183,3 +183,12 @@ def test_a_config_argument_that_is_no_file_says_what_it_probably_meant(tmp_path,
             load_config(name)
     with pytest.raises(ConfigError, match=r"config file other does not exist$"):
         load_config("other")
+
+
+def test_saved_configs_keep_strings_that_look_like_numbers(tmp_path):
+    from s2gr_ray.config import dump_yaml
+
+    cfg = load_config(None, ["name=1e5", "data.user_column=2E3", "train.lr=1e-4"])
+    (tmp_path / "config.yaml").write_text(dump_yaml(cfg))  # as RUN/config.yaml is written
+    back = load_config(tmp_path / "config.yaml")
+    assert (back.name, back.data.user_column, back.train.lr) == ("1e5", "2E3", 1e-4)

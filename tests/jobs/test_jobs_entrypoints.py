@@ -82,13 +82,16 @@ def test_relative_outputs_inside_a_submitted_job_are_refused(tmp_path):
     _job = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(_job)
     in_job = {"RAY_JOB_CONFIG_JSON_ENV_VAR": json.dumps({"runtime_env": {"working_dir": "gcs://_ray_pkg_x.zip"}})}
+    copy = tmp_path / "session_1" / "runtime_resources" / "working_dir_files" / "_ray_pkg_x"  # Ray's unpacked copy
+    copy.mkdir(parents=True)
     args = ["configs/quickstart.yaml", "--out", "runs/x", "train.storage_path=ckpt", "data.path=data/x"]
-    assert _job.lost_outputs(args, in_job) == ["--out runs/x", "train.storage_path ckpt"]
-    assert _job.lost_outputs(["--out=/mnt/shared/x", "train.storage_path=s3://b/ckpt"], in_job) == []
-    assert _job.lost_outputs(args, {}) == []  # not a job: relative paths are the user's working folder
+    assert _job.lost_outputs(args, in_job, copy) == ["--out runs/x", "train.storage_path ckpt"]
+    assert _job.lost_outputs(["--out=/mnt/shared/x", "train.storage_path=s3://b/ckpt"], in_job, copy) == []
+    assert _job.lost_outputs(args, {}, copy) == []  # not a job: relative paths are the user's working folder
     no_dir = {"RAY_JOB_CONFIG_JSON_ENV_VAR": json.dumps({"runtime_env": {"pip": ["x"]}})}
-    assert _job.lost_outputs(args, no_dir) == []  # a job without --working-dir runs where it was started
+    assert _job.lost_outputs(args, no_dir, copy) == []  # a job without --working-dir runs where it was started
+    assert _job.lost_outputs(args, in_job, tmp_path) == []  # the entry point cd'ed to storage of its own
     env = {**os.environ, **in_job}
     done = subprocess.run([sys.executable, str(REPO / "jobs" / "prepare.py"), "configs/quickstart.yaml", "--out",
-                           "runs/x"], capture_output=True, text=True, timeout=60, cwd=tmp_path, env=env)
-    assert done.returncode == 2 and "--out runs/x is relative" in done.stderr and not (tmp_path / "runs").exists()
+                           "runs/x"], capture_output=True, text=True, timeout=60, cwd=copy, env=env)
+    assert done.returncode == 2 and "--out runs/x is relative" in done.stderr and not (copy / "runs").exists()

@@ -319,3 +319,34 @@ def test_a_tokenizer_task_larger_than_every_node_is_refused_on_a_fixed_cluster(t
     check_tokenizer_cpus(load_space(write_space(tmp_path, tokenizer_cpus=0)), nodes, autoscaling=False,
                          log=notes.append)
     assert len(notes) == 1
+
+
+def test_a_tokenizer_larger_than_this_machine_is_refused_before_the_sweep_writes_anything(tmp_path):
+    from s2gr_ray.tuning.sweep import tune_command
+
+    space = write_space(tmp_path, tokenizer_cpus=10_000)
+    with pytest.raises(ConfigError, match=r"tokenizer_cpus = 10000 but the largest node has \d+ CPU"):
+        tune_command(space, [], tmp_path / "out")  # no Ray address: the local machine's CPUs count
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_sweep_started_when_1e_minus_4_was_text_resumes_with_its_values(tmp_path):
+    import json
+
+    from s2gr_ray.tuning.sweep import spec_as_started
+
+    path = tmp_path / "space.yaml"
+    path.write_text(f"base: {REPO / 'configs' / 'quickstart.yaml'}\nparams:\n  train.lr: {{choice: [1e-4, 3e-4]}}\n"
+                    "num_samples: 2\n", encoding="utf-8")
+    now, before = load_space(path), load_space(path, legacy_yaml=True)
+    assert now.params[0].values == (1e-4, 3e-4) and before.params[0].values == ("1e-4", "3e-4")
+    assert now.fingerprint() != before.fingerprint()
+    out = tmp_path / "out"
+    out.mkdir()
+    notes: list[str] = []
+    assert spec_as_started(now, out, lambda: before, notes.append) is now  # a new sweep: no record yet
+    (out / "sweep.json").write_text(json.dumps({"fingerprint": before.fingerprint()}))
+    assert spec_as_started(now, out, lambda: before, notes.append) is before
+    assert len(notes) == 1 and "resumes with the values it started with" in notes[0]
+    (out / "sweep.json").write_text(json.dumps({"fingerprint": "0123456789abcdef"}))  # another sweep: refused later
+    assert spec_as_started(now, out, lambda: before, notes.append) is now
