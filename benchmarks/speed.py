@@ -609,7 +609,7 @@ def bench_memory(args, device) -> None:
 
         ray.shutdown()
     peaks = {}
-    for scale in (1, 10):
+    for scale in args.memory_scales:
         work = Path(tempfile.mkdtemp(prefix=f"s2gr-mem{scale}-"))
         users = 16_500 * scale  # ~8 training rows per synthetic user: 1x ~ Beauty's 131k training rows
         over = [
@@ -656,8 +656,11 @@ def bench_memory(args, device) -> None:
                f"driver + local Ray + worker; pages shared with other processes split with them; {when}")
         record("memory", f"peak RSS sum of s2gr train, {rows:,} training rows ({scale}x)", peaks[scale][0], "GiB",
                "the same processes, shared pages counted in each")
-    record("memory", "peak PSS 10x / 1x rows", peaks[10][1] / peaks[1][1], "ratio", "target ~1 (streaming)")
-    record("memory", "peak RSS sum 10x / 1x rows", peaks[10][0] / peaks[1][0], "ratio", "")
+    first = args.memory_scales[0]
+    for scale in args.memory_scales[1:]:
+        record("memory", f"peak PSS {scale}x / {first}x rows", peaks[scale][1] / peaks[first][1], "ratio",
+               "target ~1 (streaming)")
+        record("memory", f"peak RSS sum {scale}x / {first}x rows", peaks[scale][0] / peaks[first][0], "ratio", "")
 
 
 def _write_tokenizer(run: Path, sids, sizes, cfg) -> None:
@@ -732,6 +735,9 @@ def main() -> int:
                    help="skip the torch.compile rows of the train section (each compile takes ~1 min on 2 cores)")
     p.add_argument("--memory-set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="config overrides for the memory section's runs (e.g. train.ingest_buffer_mb=0)")
+    p.add_argument("--memory-scales", nargs="+", type=int, default=[1, 10], metavar="N",
+                   help="the memory section's row counts as multiples of Beauty's training rows, each against the "
+                        "first (default 1 10; 1 10 20 shows whether the peak stops growing)")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--tag", default="", help="suffix of the result files (e.g. _gpu)")
     p.add_argument("--code", default=str(REPO), help="a checkout whose s2gr_ray is measured (default: this one)")
