@@ -206,17 +206,18 @@ class TrainConfig:
     # S²GR's test metrics down and TIGER's up (benchmarks/results/quality_cpu_grouped.md). 1 = off.
     length_grouping: int = 1
     # the training rows' order. "local": prepare shuffles the rows once into the shards and each worker shuffles a
-    # window of four micro-batches, reseeded every epoch: streaming (memory does not grow with the rows), but every
-    # epoch visits the rows in nearly the same coarse order. "global": a full Ray Data random_shuffle of the
+    # window of four micro-batches, reseeded every epoch: streaming (no step holds all rows; see ingest_buffer_mb
+    # for what the object store holds), but every epoch visits the rows in nearly the same coarse order. "global": a full Ray Data random_shuffle of the
     # training rows before every epoch (a new permutation per epoch, the sequence fixed by train.seed; a resumed run
     # seeds its sequence from the epoch it resumes at): an all-to-all exchange per epoch that holds the training
     # rows in Ray's object store (spilled to disk when they do not fit).
     shuffle: str = "local"
     # Ray Data's object-store budget (MiB) for the run's input streams (train, valid, test). 0 = Ray Data's own
     # limit, a share of the object store (~30% of the node's memory): reading and mapping may run ahead of training
-    # until that share is full. A budget holds the read/map workers' memory down, at a cost in ingest speed: on 2
-    # cores, 256 took the peak memory for 10x Beauty's rows from 1.16x to 1.09x that of 1x, but halved the 10x
-    # epoch's samples/s (benchmarks/results/speed_memory_budget.md), so the default leaves Ray Data's limit.
+    # until that share is full: the peak grows by ~0.45 GiB per 1.3M rows (1.16x at 10x Beauty's rows, 1.30x at 20x;
+    # benchmarks/results/speed_memory_scales.md). A budget holds it down, at a cost in ingest speed: on 2 cores, 256
+    # took the 10x peak from 1.16x to 1.09x that of 1x, but halved the 10x epoch's samples/s (one run,
+    # benchmarks/results/speed_memory_budget.md), so the default leaves Ray Data's limit.
     ingest_buffer_mb: int = 0
     lr: float = 1e-3
     weight_decay: float = 0.01
