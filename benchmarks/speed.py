@@ -21,7 +21,7 @@ Writes benchmarks/results/speed.{md,csv} and prints the table. Sections:
   ray      Ray Data + Ray Train (1 worker, DeepSpeed) samples/s vs a bare in-process loop, same model and rows,
            over the whole epoch and after the first 20 steps (Ray Data start-up excluded); Ray Data ingest alone
   memory   peak memory of `s2gr train` (a child process: driver, local Ray, worker; PSS and RSS sums) over one
-           full epoch of 1x vs 10x the Beauty training rows (synthetic)
+           full epoch of 1x vs 10x the Beauty training rows (synthetic; --memory-scales 1 10 20 adds 20x)
 On a CUDA machine the train section also reports the fraction of the card's bf16 peak (--peak-tflops), from the
 counted FLOPs.
 """
