@@ -207,10 +207,11 @@ class TrainConfig:
     length_grouping: int = 1
     # the training rows' order. "local": prepare shuffles the rows once into the shards and each worker shuffles a
     # window of four micro-batches, reseeded every epoch: streaming (no step holds all rows; see ingest_buffer_mb
-    # for what the object store holds), but every epoch visits the rows in nearly the same coarse order. "global": a full Ray Data random_shuffle of the
-    # training rows before every epoch (a new permutation per epoch, the sequence fixed by train.seed; a resumed run
-    # seeds its sequence from the epoch it resumes at): an all-to-all exchange per epoch that holds the training
-    # rows in Ray's object store (spilled to disk when they do not fit).
+    # for what the object store holds), but every epoch visits the rows in nearly the same coarse order.
+    # "global": a full Ray Data random_shuffle of the training rows before every epoch (a new permutation per
+    # epoch, the sequence fixed by train.seed; a resumed run seeds its sequence from the epoch it resumes at): an
+    # all-to-all exchange per epoch that holds the training rows in Ray's object store (spilled to disk when they do
+    # not fit).
     shuffle: str = "local"
     # Ray Data's object-store budget (MiB) for the run's input streams (train, valid, test). 0 = Ray Data's own
     # limit, a share of the object store (~30% of the node's memory): reading and mapping may run ahead of training
@@ -675,8 +676,9 @@ class StrictLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-StrictLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
+# `1e-4`, `2E3`, `5.e-3`: numbers with an exponent but no dot before it, which YAML 1.1 reads as text
+_EXPONENT_FLOAT = re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$")
+StrictLoader.add_implicit_resolver("tag:yaml.org,2002:float", _EXPONENT_FLOAT, list("-+0123456789"))
 
 
 class StrictDumper(yaml.SafeDumper):
@@ -684,8 +686,7 @@ class StrictDumper(yaml.SafeDumper):
     back as the string it was (a column or run name), not as a number."""
 
 
-StrictDumper.add_implicit_resolver(
-    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
+StrictDumper.add_implicit_resolver("tag:yaml.org,2002:float", _EXPONENT_FLOAT, list("-+0123456789"))
 
 
 def read_yaml_mapping(path: Path, what: str, missing_hint: str = "", loader: type = StrictLoader) -> dict[str, Any]:

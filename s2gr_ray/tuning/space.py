@@ -41,8 +41,8 @@ from typing import Any, Mapping
 
 import yaml
 
-from s2gr_ray.config import (Config, ConfigError, apply_overrides, config_from_dict, load_config, read_yaml_mapping,
-                             paper_view, parse_override, valid_keys)
+from s2gr_ray.config import (Config, ConfigError, StrictLoader, apply_overrides, config_from_dict, load_config,
+                             paper_view, parse_override, read_yaml_mapping, valid_keys)
 
 REPO = Path(__file__).resolve().parents[2]
 KINDS = ("choice", "grid", "randint", "uniform", "loguniform")
@@ -271,7 +271,7 @@ def load_space(path: str | Path, overrides: list[str] | Mapping[str, Any] = (),
     path = Path(path)
     where = str(path)
     data = read_yaml_mapping(path, "search space", " (see search_spaces/*.yaml)",
-                             **({"loader": yaml.SafeLoader} if legacy_yaml else {}))
+                             yaml.SafeLoader if legacy_yaml else StrictLoader)
     for k in data:
         if k not in TOP_KEYS:
             raise _nearest(str(k), list(TOP_KEYS), f"{where}: top-level key")

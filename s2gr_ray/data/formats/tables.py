@@ -447,10 +447,8 @@ def read_tables(cfg: DataConfig) -> RawDataset:
     folder = root.parent if root.is_file() else root
     inter_path = require_file(root if root.is_file() else root / cfg.interactions_file, "data.interactions_file")
     items_path = require_file(folder / cfg.items_file, "data.items_file")
-    if cfg.items_id_column:
-        item_text = read_items_table(items_path, cfg.items_id_column, "data.items_id_column")
-    else:
-        item_text = read_items_table(items_path, cfg.item_column)
+    item_text = read_items_table(items_path, cfg.items_id_column or cfg.item_column,
+                                 "data.items_id_column" if cfg.items_id_column else "data.item_column")
 
     kind = table_kind(inter_path)
     keys = {cfg.user_column: "data.user_column", cfg.item_column: "data.item_column",
