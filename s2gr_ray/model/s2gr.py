@@ -12,10 +12,15 @@ decoder input = BOS / code embedding / thinking vector + learned embedding of th
 Modules that a config switches off are not built, so every parameter gets a gradient (DDP-safe):
 align projections exist iff n_think > 0 and w_align > 0; the auxiliary decoder iff aux_decoder_layers > 0 and
 w_infonce > 0 (v_g is trained by L_InfoNCE only, so L_Reg is on iff that holds, w_reg > 0 and n_think > 0).
+Initialization *(ours)*: the parameters an arm switches or reshapes (decoder slot embeddings, thinking vectors,
+align projections, auxiliary decoder) draw from their own streams (``_own_stream``), so arms built with one seed
+start every parameter they share from the same values: an ablation differs from the full model by what it
+switches off, not by a shifted random stream.
 """
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Sequence
+from contextlib import contextmanager
+from typing import Any, Iterator, NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +40,15 @@ class ModelOutput(NamedTuple):
 class TeacherForced(NamedTuple):
     logits: list[Tensor]  # per level [B, C_l]
     thinks: Tensor | None  # thinking vectors (decoder inputs) [B, n_think_slots, D] in plan order; None if n_think=0
+
+
+@contextmanager
+def _own_stream(stream: int) -> Iterator[None]:
+    """Parameters created inside draw from torch's CPU stream reseeded with (initial seed + stream); the caller's
+    stream is left where it was, so what is built after does not depend on what was built inside."""
+    with torch.random.fork_rng(devices=[]):
+        torch.random.default_generator.manual_seed((torch.initial_seed() + 7919 * stream) % 2**63)
+        yield
 
 
 class S2GR(nn.Module):
@@ -65,11 +79,14 @@ class S2GR(nn.Module):
                                            cfg.think_on_dedup)
         self.chunks = training_chunks(self.plan)
         self.bos = nn.Parameter(torch.randn(d))
-        self.dec_pos = nn.Embedding(len(self.plan), d)
+        with _own_stream(1):  # its length follows the plan (n_think, placement)
+            self.dec_pos = nn.Embedding(len(self.plan), d)
+            nn.init.normal_(self.dec_pos.weight, std=0.5)
         self.decoder = Decoder(cfg.decoder_layers, *block)
         self.heads = nn.ModuleList(nn.Linear(d, c, bias=False) for c in sizes)
         n_slots = num_think_slots(self.plan)
-        self.think_p = nn.Parameter(0.5 * torch.randn(n_slots, d)) if n_slots else None
+        with _own_stream(2):
+            self.think_p = nn.Parameter(0.5 * torch.randn(n_slots, d)) if n_slots else None
 
         self.has_centres = coarse_centres is not None
         if (coarse_centres is None) != (code_to_cluster is None):
@@ -81,16 +98,18 @@ class S2GR(nn.Module):
             if not self.has_centres:
                 raise ValueError("S2GR: model.w_align > 0 needs coarse_centres and code_to_cluster from the "
                                  "tokenizer; pass them or set model.w_align=0")
-            self.align_proj = nn.ModuleList(nn.Linear(d, self.latent_dim, bias=False)
-                                            for _ in range(self.num_semantic_levels))
+            with _own_stream(3):
+                self.align_proj = nn.ModuleList(nn.Linear(d, self.latent_dim, bias=False)
+                                                for _ in range(self.num_semantic_levels))
         self.use_infonce = cfg.aux_decoder_layers > 0 and cfg.w_infonce > 0
         self.use_reg = self.use_infonce and cfg.w_reg > 0 and n_think > 0
         if self.use_infonce:
-            self.aux_query = nn.Parameter(torch.randn(d))
-            self.aux_decoder = Decoder(cfg.aux_decoder_layers, *block, self_attention=False)
-            # model.infonce_proj: the map of models trained before it was optional (S2GR.md scores v_g itself)
-            self.infonce_proj = nn.Linear(d, d, bias=False) if cfg.infonce_proj else nn.Identity()
-        for emb in (self.level_emb, self.recency_emb, self.dec_pos):
+            with _own_stream(4):
+                self.aux_query = nn.Parameter(torch.randn(d))
+                self.aux_decoder = Decoder(cfg.aux_decoder_layers, *block, self_attention=False)
+                # model.infonce_proj: the map of models trained before it was optional (S2GR.md scores v_g itself)
+                self.infonce_proj = nn.Linear(d, d, bias=False) if cfg.infonce_proj else nn.Identity()
+        for emb in (self.level_emb, self.recency_emb):
             nn.init.normal_(emb.weight, std=0.5)
         # Cross-attention may read K/V weights outside their Linear's forward (Attention.attend_memory); engines
         # that gather parameters per module forward (DeepSpeed ZeRO-3) switch this off (same math, projected K/V).

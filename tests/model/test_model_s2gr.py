@@ -152,6 +152,22 @@ def test_switched_off_terms_build_no_modules():
     S2GR(tiny_config(n_think=1, w_align=0.0), SIZES, 3)  # no centres needed without L_Align
 
 
+def test_arms_built_with_one_seed_share_their_common_parameters():
+    """Ablations differ from the full model by what they switch off, not by a shifted random stream."""
+    full = tiny_model(SIZES, 3, seed=5, n_think=1)
+    arms = {"no_align": dict(n_think=1, w_align=0.0), "no_aux": dict(n_think=1, w_infonce=0.0),
+            "tiger": dict(n_think=0), "n_think_2": dict(n_think=2), "upfront": dict(n_think=1, placement="upfront")}
+    ref = dict(full.named_parameters())
+    for arm, kw in arms.items():
+        shared = set()
+        for name, p in tiny_model(SIZES, 3, seed=5, **kw).named_parameters():
+            if name in ref and ref[name].shape == p.shape:
+                assert torch.equal(ref[name], p), (arm, name)
+                shared.add(name.split(".")[0])
+        assert {"code_emb", "encoder", "bos", "decoder", "heads", "level_emb", "recency_emb"} <= shared, arm
+    assert not torch.equal(full.encoder[0].attn.q.weight, tiny_model(SIZES, 3, seed=6, n_think=1).encoder[0].attn.q.weight)
+
+
 @pytest.mark.parametrize("kw", CONFIGS[1:], ids=IDS[1:])
 def test_no_target_leakage(kw):
     model = tiny_model(SIZES, 3, seed=3, **kw).eval()
