@@ -156,6 +156,12 @@ def read_manifest(folder: Path, kind: str) -> dict[str, Any]:
         raise ArtifactError(f"{path} is not a manifest (a JSON object); rebuild it with the stage that writes it")
     if manifest.get("kind") != kind:
         raise ArtifactError(f"{path} describes a {manifest.get('kind')!r} artifact, expected {kind!r}")
+    for key, typ, name in (("hash", str, "a string"), ("upstream", dict, "a JSON object")):  # write_manifest's
+        if not isinstance(manifest.get(key), typ):
+            what = "is missing" if key not in manifest else f"is {manifest[key]!r}, not {name}"
+            run = _run_of(Path(folder), kind)
+            raise ArtifactError(f"{path}: {key!r} {what}: the file is damaged or from another program; rebuild it "
+                                f"(s2gr {_STAGE_OF.get(kind, kind)} CONFIG --out {run if run is not None else 'RUN'})")
     return manifest
 
 

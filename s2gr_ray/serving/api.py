@@ -39,7 +39,7 @@ _QUOTES = "'\""
 
 
 def _check_fields(record: Any, path: Path, fields: dict[str, type], stage: str) -> None:
-    """A saved JSON record (manifest, signature) must be an object holding ``fields`` of their types: otherwise the
+    """A saved JSON record (the model's signature; artifacts.read_manifest checks manifests) must be an object holding ``fields`` of their types: otherwise the
     file is damaged (or hand-edited), and loading would fail deep inside with a KeyError or AttributeError."""
     if not isinstance(record, dict):
         raise ServingError(f"{path} holds {type(record).__name__}, not a JSON object: the file is damaged; rebuild "
@@ -148,8 +148,8 @@ def check_catalog(run: Path, tok_dir: Path, tok_manifest: dict[str, Any]) -> dic
         raise ServingError(f"{run / artifacts.MANIFEST} is missing: {run} holds no prepared data, so the catalog "
                            "cannot be checked against the tokenizer; restore the run's prepared data or re-run "
                            f"prepare, tokenize and train (s2gr train <preset> --out {run})")
+    data_manifest = artifacts.read_manifest(run, "data")  # damaged: named as such, not as a mismatch
     try:
-        data_manifest = artifacts.read_manifest(run, "data")
         artifacts.check_upstream(tok_manifest, "data", data_manifest.get("hash"), tok_dir)
     except artifacts.ArtifactError as exc:
         raise ServingError(f"catalog/tokenizer mismatch: {exc}. The prepared data in {run} (manifest.json, "
@@ -201,8 +201,6 @@ class Recommender:
         model_manifest = artifacts.read_manifest(model_dir, "model")
         tok_dir = artifacts.tokenizer_dir(run)
         tok_manifest = artifacts.read_manifest(tok_dir, "tokenizer")
-        _check_fields(tok_manifest, tok_dir / artifacts.MANIFEST, {"hash": str}, "tokenize")
-        _check_fields(model_manifest, model_dir / artifacts.MANIFEST, {"upstream": dict}, "train")
         check_catalog(run, tok_dir, tok_manifest)
         tok = SIDTokenizer.load(tok_dir)
         signature = artifacts.read_json(model_dir / "signature.json")

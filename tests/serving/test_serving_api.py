@@ -182,16 +182,18 @@ def test_mismatched_tokenizer_is_refused(run_copy, edit):
     ("model/signature.json", lambda sig: {**sig, "max_history": "x"},
      r"signature\.json: 'max_history' is 'x', not an integer"),
     ("model/manifest.json", lambda man: {**man, "upstream": []}, r"model/manifest\.json: 'upstream' is \[\], not a "
-     r"JSON object"),
+     r"JSON object: the file is damaged.*s2gr train CONFIG --out .*run"),
     ("tokenizer/manifest.json", lambda man: {k: v for k, v in man.items() if k != "hash"},
-     r"tokenizer/manifest\.json: 'hash' is missing"),
+     r"tokenizer/manifest\.json: 'hash' is missing.*s2gr tokenize CONFIG --out "),
+    ("manifest.json", lambda man: {**man, "hash": 7}, r"run/manifest\.json: 'hash' is 7, not a string.*s2gr prepare"),
 ])
 def test_damaged_records_are_named_not_tracebacks(run_copy, path, edit, match):
+    from s2gr_ray.artifacts import ArtifactError
     from s2gr_ray.serving.api import Recommender, ServingError
 
     record = run_copy / path
     record.write_text(json.dumps(edit(json.loads(record.read_text()))))
-    with pytest.raises(ServingError, match=match):
+    with pytest.raises(ServingError if path.endswith("signature.json") else ArtifactError, match=match):
         Recommender.load(run_copy, device="cpu")
 
 
