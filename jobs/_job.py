@@ -48,7 +48,27 @@ def lost_outputs(args: list[str], environ=os.environ, cwd: Path | None = None) -
             continue
         if value and "://" not in value and not Path(value).is_absolute():
             found.append(f"{name} {value}")
+    if not any(a.split("=", 1)[0] in OUTPUT_KEYS for a in args):
+        found += _preset_outputs(args, cwd or Path.cwd())
     return found
+
+
+def _preset_outputs(args: list[str], cwd: Path) -> list[str]:
+    """The relative OUTPUT_KEYS that the command's preset (its first *.yaml argument, `base:` chain included) sets.
+    A preset that does not load is left to the command, which names what is wrong with it."""
+    presets = [a for a in args if not a.startswith("-") and "=" not in a and a.endswith((".yaml", ".yml"))]
+    if not presets or not (cwd / presets[0]).is_file():
+        return []
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
+    from s2gr_ray.config import flatten, load_config
+
+    try:
+        flat = flatten(load_config(str(cwd / presets[0]), []))
+    except Exception:  # noqa: BLE001 - any load error is reported by the command itself
+        return []
+    return [f"{key} {flat[key]} (in {presets[0]})" for key in OUTPUT_KEYS
+            if flat.get(key) and "://" not in str(flat[key]) and not Path(str(flat[key])).is_absolute()]
 
 
 def run_cli(command: str, args: list[str]) -> int:

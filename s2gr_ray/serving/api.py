@@ -19,6 +19,7 @@ Shape legend: B users, T history items, L SID levels, L_sem semantic levels, K b
 from __future__ import annotations
 
 import re
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -295,6 +296,9 @@ class Recommender:
         if beam_size is not None and beam_size < 1:
             raise ServingError(f"beam size (--beam-size) = {beam_size} must be >= 1; leave it out for the default "
                                f"max(k, {DEFAULT_BEAM})")
+        if k > self.num_items:
+            warnings.warn(f"k = {k} is more than the catalog's {self.num_items} items: each list holds at most "
+                          f"{self.num_items}", stacklevel=2)
         beam = max(int(k), DEFAULT_BEAM if beam_size is None else int(beam_size))
         resolved = [self.resolve(h, id_type) for h in histories]
         results: list[Recommendation | None] = [None] * len(resolved)

@@ -91,6 +91,10 @@ def test_relative_outputs_inside_a_submitted_job_are_refused(tmp_path):
     no_dir = {"RAY_JOB_CONFIG_JSON_ENV_VAR": json.dumps({"runtime_env": {"pip": ["x"]}})}
     assert _job.lost_outputs(args, no_dir, copy) == []  # a job without --working-dir runs where it was started
     assert _job.lost_outputs(args, in_job, tmp_path) == []  # the entry point cd'ed to storage of its own
+    (copy / "mine.yaml").write_text("base: quickstart.yaml\ntrain:\n  storage_path: ckpt\n")
+    (copy / "quickstart.yaml").write_text((REPO / "configs" / "quickstart.yaml").read_text())
+    assert _job.lost_outputs(["mine.yaml", "--out", "/mnt/x"], in_job, copy) == ["train.storage_path ckpt (in mine.yaml)"]
+    assert _job.lost_outputs(["mine.yaml", "--out", "/mnt/x", "train.storage_path=/mnt/c"], in_job, copy) == []
     env = {**os.environ, **in_job}
     done = subprocess.run([sys.executable, str(REPO / "jobs" / "prepare.py"), "configs/quickstart.yaml", "--out",
                            "runs/x"], capture_output=True, text=True, timeout=60, cwd=copy, env=env)

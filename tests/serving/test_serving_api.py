@@ -210,3 +210,7 @@ def test_python_api_arguments_are_checked(recommender, test_rows):
     alone = recommender.recommend_one(history, k=5, id_type="item_id")
     assert [i.item_id for i in from_generator[0].items] == [i.item_id for i in alone.items]
     assert from_generator[1].items == [] and "empty history" in from_generator[1].reason  # None: no ids
+    n = recommender.num_items
+    with pytest.warns(UserWarning, match=f"k = {n + 5} is more than the catalog's {n} items"):
+        everything = recommender.recommend_one(history, k=n + 5, id_type="item_id")
+    assert len(everything.items) <= n
