@@ -218,7 +218,9 @@ class TrainConfig:
     # until that share is full: the peak grows by ~0.45 GiB per 1.3M rows (1.16x at 10x Beauty's rows, 1.30x at 20x;
     # benchmarks/results/speed_memory_scales.md). A budget holds it down, at a cost in ingest speed: on 2 cores, 256
     # took the 10x peak from 1.16x to 1.09x that of 1x, but halved the 10x epoch's samples/s (one run,
-    # benchmarks/results/speed_memory_budget.md), so the default leaves Ray Data's limit.
+    # benchmarks/results/speed_memory_budget.md) and cut the CPU preset model's to about a third (Ray Data then
+    # hands blocks to the training worker only as budget frees; benchmarks/RESULTS.md), so the default leaves Ray
+    # Data's limit.
     ingest_buffer_mb: int = 0
     lr: float = 1e-3
     weight_decay: float = 0.01
