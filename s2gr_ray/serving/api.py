@@ -40,8 +40,9 @@ _QUOTES = "'\""
 
 
 def _check_fields(record: Any, path: Path, fields: dict[str, type], stage: str) -> None:
-    """A saved JSON record (the model's signature; artifacts.read_manifest checks manifests) must be an object holding ``fields`` of their types: otherwise the
-    file is damaged (or hand-edited), and loading would fail deep inside with a KeyError or AttributeError."""
+    """A saved JSON record (the model's signature; artifacts.read_manifest checks manifests) must be an object
+    holding ``fields`` of their types: otherwise the file is damaged (or hand-edited), and loading would fail deep
+    inside with a KeyError or AttributeError."""
     if not isinstance(record, dict):
         raise ServingError(f"{path} holds {type(record).__name__}, not a JSON object: the file is damaged; rebuild "
                            f"it (s2gr {stage} <preset> --out RUN)")

@@ -93,7 +93,8 @@ def test_relative_outputs_inside_a_submitted_job_are_refused(tmp_path):
     assert _job.lost_outputs(args, in_job, tmp_path) == []  # the entry point cd'ed to storage of its own
     (copy / "mine.yaml").write_text("base: quickstart.yaml\ntrain:\n  storage_path: ckpt\n")
     (copy / "quickstart.yaml").write_text((REPO / "configs" / "quickstart.yaml").read_text())
-    assert _job.lost_outputs(["mine.yaml", "--out", "/mnt/x"], in_job, copy) == ["train.storage_path ckpt (in mine.yaml)"]
+    assert _job.lost_outputs(["mine.yaml", "--out", "/mnt/x"], in_job, copy) == [
+        "train.storage_path ckpt (in mine.yaml)"]  # the preset, loaded with its base: chain
     assert _job.lost_outputs(["mine.yaml", "--out", "/mnt/x", "train.storage_path=/mnt/c"], in_job, copy) == []
     env = {**os.environ, **in_job}
     done = subprocess.run([sys.executable, str(REPO / "jobs" / "prepare.py"), "configs/quickstart.yaml", "--out",

@@ -165,7 +165,8 @@ def test_arms_built_with_one_seed_share_their_common_parameters():
                 assert torch.equal(ref[name], p), (arm, name)
                 shared.add(name.split(".")[0])
         assert {"code_emb", "encoder", "bos", "decoder", "heads", "level_emb", "recency_emb"} <= shared, arm
-    assert not torch.equal(full.encoder[0].attn.q.weight, tiny_model(SIZES, 3, seed=6, n_think=1).encoder[0].attn.q.weight)
+    other_seed = tiny_model(SIZES, 3, seed=6, n_think=1)
+    assert not torch.equal(full.encoder[0].attn.q.weight, other_seed.encoder[0].attn.q.weight)
 
 
 @pytest.mark.parametrize("kw", CONFIGS[1:], ids=IDS[1:])
