@@ -46,7 +46,7 @@ def lost_outputs(args: list[str], environ=os.environ, cwd: Path | None = None) -
             name, value = arg.split("=", 1)
         else:
             continue
-        if value and "://" not in value and not Path(value).is_absolute():
+        if _relative(value):
             found.append(f"{name} {value}")
     if not any(a.split("=", 1)[0] in OUTPUT_KEYS for a in args):
         found += _preset_outputs(args, cwd or Path.cwd())
@@ -59,20 +59,26 @@ def _preset_outputs(args: list[str], cwd: Path) -> list[str]:
     presets = [a for a in args if not a.startswith("-") and "=" not in a and a.endswith((".yaml", ".yml"))]
     if not presets or not (cwd / presets[0]).is_file():
         return []
-    if str(REPO) not in sys.path:
-        sys.path.insert(0, str(REPO))
     from s2gr_ray.config import flatten, load_config
 
     try:
         flat = flatten(load_config(str(cwd / presets[0]), []))
     except Exception:  # noqa: BLE001 - any load error is reported by the command itself
         return []
-    return [f"{key} {flat[key]} (in {presets[0]})" for key in OUTPUT_KEYS
-            if flat.get(key) and "://" not in str(flat[key]) and not Path(str(flat[key])).is_absolute()]
+    return [f"{key} {flat[key]} (in {presets[0]})" for key in OUTPUT_KEYS if _relative(str(flat.get(key) or ""))]
+
+
+def _relative(value: str) -> bool:
+    """A non-empty local path that is not absolute (URIs such as s3://... are not local)."""
+    return bool(value) and "://" not in value and not Path(value).is_absolute()
 
 
 def run_cli(command: str, args: list[str]) -> int:
     """`s2gr COMMAND *args`, after the two settings a job driver needs."""
+    # `ray job submit --working-dir .` unpacks the repository on the cluster and puts it on PYTHONPATH; this also
+    # lets `python jobs/run.py` work from a checkout that is not pip-installed (lost_outputs reads presets with it).
+    if str(REPO) not in sys.path:
+        sys.path.insert(0, str(REPO))
     lost = lost_outputs(args)
     if lost:
         print(f"s2gr {command} (Ray job): {', '.join(lost)} is relative: inside `ray job submit --working-dir` it "
@@ -80,10 +86,6 @@ def run_cli(command: str, args: list[str]) -> int:
               "deletes; pass an absolute path on storage every node and you can reach (e.g. --out /mnt/shared/runs/x)",
               file=sys.stderr)
         return 2
-    # `ray job submit --working-dir .` unpacks the repository on the cluster and puts it on PYTHONPATH; this also
-    # lets `python jobs/run.py` work from a checkout that is not pip-installed.
-    if str(REPO) not in sys.path:
-        sys.path.insert(0, str(REPO))
     # init_ray passes env_vars to ray.init (HF_HUB_OFFLINE, RAY_TRAIN_HEALTH_CHECK_INTERVAL_S, ...). When the job's
     # --runtime-env-json sets one of the same keys, Ray refuses to merge the two runtime envs ("Failed to merge the
     # Job's runtime env") unless told to combine them; the values agree, so combining is safe.

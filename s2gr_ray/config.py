@@ -680,7 +680,6 @@ class StrictLoader(yaml.SafeLoader):
 
 # `1e-4`, `2E3`, `5.e-3`: numbers with an exponent but no dot before it, which YAML 1.1 reads as text
 _EXPONENT_FLOAT = re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$")
-StrictLoader.add_implicit_resolver("tag:yaml.org,2002:float", _EXPONENT_FLOAT, list("-+0123456789"))
 
 
 class StrictDumper(yaml.SafeDumper):
@@ -688,7 +687,8 @@ class StrictDumper(yaml.SafeDumper):
     back as the string it was (a column or run name), not as a number."""
 
 
-StrictDumper.add_implicit_resolver("tag:yaml.org,2002:float", _EXPONENT_FLOAT, list("-+0123456789"))
+for _yaml_class in (StrictLoader, StrictDumper):  # one number rule for reading and writing
+    _yaml_class.add_implicit_resolver("tag:yaml.org,2002:float", _EXPONENT_FLOAT, list("-+0123456789"))
 
 
 def read_yaml_mapping(path: Path, what: str, missing_hint: str = "", loader: type = StrictLoader) -> dict[str, Any]:
@@ -720,8 +720,7 @@ def _missing_preset_hint(path: Path) -> str:
     text = str(path)
     if path.exists():
         return ""
-    keys = valid_keys()
-    if text in keys:
+    if text in valid_keys():
         return f"; to set the config key {text}, write {text}=VALUE"
     for guess in (path.with_suffix(".yaml"), Path("configs") / f"{path.name}.yaml", Path("configs") / path.name):
         if guess != path and guess.is_file():
