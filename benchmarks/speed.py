@@ -19,7 +19,10 @@ Writes benchmarks/results/speed.{md,csv} and prints the table. Sections:
            (train.length_grouping, opt-in); length-sorted vs random decode batches; needs Beauty
   catalog  decode users/s on 10,000 vs 1,000,000 items; trie build and residual assignment time for 1M items
   ray      Ray Data + Ray Train (1 worker, DeepSpeed) samples/s vs a bare in-process loop, same model and rows,
-           over the whole epoch and after the first 20 steps (Ray Data start-up excluded); Ray Data ingest alone
+           over the whole epoch and after the first 20 steps (Ray Data start-up excluded), with the share of the
+           epoch the worker waited for input; Ray Data ingest alone. On a GPU: the paper preset's model, bf16
+           autocast on both sides (--ray-arms s2gr tiger; --engines zero0-blocking adds the before/after row of the
+           worker's host-to-device copies)
   memory   peak memory of `s2gr train` (a child process: driver, local Ray, worker; PSS and RSS sums) over one
            full epoch of 1x vs 10x the Beauty training rows (synthetic; --memory-scales 1 10 20 adds 20x)
 On a CUDA machine the train section also reports the fraction of the card's bf16 peak (--peak-tflops), from the
@@ -448,12 +451,18 @@ def bench_beauty(args, device) -> None:
 
 RAY_ENGINES = {"zero0": ("DeepSpeed ZeRO-0", ["train.zero_stage=0"]),
                "zero2": ("DeepSpeed ZeRO-2", ["train.zero_stage=2"]),
-               "ddp": ("torch DDP", ["train.engine=ddp"])}
+               "ddp": ("torch DDP", ["train.engine=ddp"]),
+               # the worker's blocking host-to-device copies (before pinned memory): a GPU before/after row
+               "zero0-blocking": ("DeepSpeed ZeRO-0, blocking copies", ["train.zero_stage=0"])}
+RAY_ENGINE_ENV = {"zero0-blocking": {"S2GR_BLOCKING_H2D": "1"}}
+RAY_ARMS = {"s2gr": [], "tiger": ["model.n_think=0", "model.aux_decoder_layers=0"]}
 
 
 def bench_ray(args, device) -> None:
-    """Same model, same rows: Ray Data + Ray Train (1 worker, DeepSpeed ZeRO-0 / ZeRO-2 / torch DDP, fp32) vs a
-    bare loop."""
+    """Same model, same rows: Ray Data + Ray Train (1 worker, DeepSpeed ZeRO-0 / ZeRO-2 / torch DDP) vs a bare
+    loop, per arm (--ray-arms). On the CPU: the CPU preset's model with item tokens, fp32. On a GPU: the paper
+    preset's (TIGER sizes, code tokens), bf16 autocast on both sides (train.precision=amp), batches sent as the
+    worker sends them."""
     import json
     import tempfile
 
@@ -466,9 +475,13 @@ def bench_ray(args, device) -> None:
     data = os.environ.get("S2GR_BEAUTY_PATH", str(REPO.parent / "shared" / "data" / "amazon-beauty"))
     base = ["data.format=sequences", f"data.path={data}"] if Path(data, "sequences.txt").exists() else []
     steps = args.ray_steps
-    common = base + [*(f"model.{k}={v}" for k, v in SMALL.items()), "train.batch_size=256", "train.max_epochs=1",
+    gpu = device.type == "cuda"
+    size, layout = (TIGER, "code") if gpu else (SMALL, "item")
+    common = base + [*(f"model.{k}={v}" for k, v in size.items()), "train.batch_size=256", "train.max_epochs=1",
                      f"train.max_steps_per_epoch={steps}", "eval.max_users=256", "eval.beam_size=10",
-                     "train.log_every=1000", "train.cpus_per_worker=1", "model.history_tokens=item"]
+                     "train.log_every=1000", "train.cpus_per_worker=1", f"model.history_tokens={layout}"]
+    if gpu:
+        common += ["train.use_gpu=true", "train.precision=amp"]
     cfg = load_config(None, common)
     prepare_stage(cfg, work, log)
     sids, sizes = random_catalog(json.loads((work / "manifest.json").read_text())["num_items"], SEM, seed=0)
@@ -484,35 +497,46 @@ def bench_ray(args, device) -> None:
     from s2gr_ray.training.ray_env import init_ray
 
     init_ray(cfg.ray, cfg.train.use_gpu, log)
-    settled = [_settle()]
-    bare_runs = [_bare_loop(cfg, work, steps)]
-    ray_rates, steady = {}, {}
-    # ZeRO-2 is the config default; with one worker it has nothing to partition. DDP: the torch engine, no DeepSpeed
-    engines = dict(RAY_ENGINES[key] for key in dict.fromkeys(args.engines))  # in the order given
-    for i, (engine, extra) in enumerate(engines.items()):
-        settled.append(_settle())
-        t0 = time.perf_counter()
-        metrics = train_stage(load_config(None, common + extra + [f"train.run_name=e{i}"]), work, log)
-        ray_rates[engine] = metrics["history"][0]["train/samples_per_s"]
-        steady[engine] = metrics["history"][0].get("train/samples_per_s_steady", float("nan"))
-        record("ray", f"Ray Data + Ray Train, 1 worker, {engine}, CPU preset size, {steps} steps",
-               ray_rates[engine], "samples/s", f"whole epoch; after the first {WARM_STEPS} steps: "
-               f"{steady[engine]:.0f}; run wall {time.perf_counter() - t0:.0f}s")
-        settled.append(_settle())
-        bare_runs.append(_bare_loop(cfg, work, steps))
-    record("ray", f"bare in-process torch loop, same model and rows, {steps} steps",
-           float(np.mean([r[0] for r in bare_runs])), "samples/s",
-           f"mean of {len(bare_runs)} runs around the Ray runs, all with the local Ray up: "
-           + " / ".join(f"{r[0]:.0f}" for r in bare_runs)
-           + f"; every run waited for a quiet machine first ({', '.join(f'{w:.0f}' for w in settled)} s)")
-    for i, (engine, rate) in enumerate(ray_rates.items()):
-        around = bare_runs[i:i + 2]
-        whole, warm = (float(np.mean([r[k] for r in around])) for k in (0, 1))
-        record("ray", f"Ray ({engine}) / bare samples/s, whole epoch", rate / whole, "ratio",
-               f"target >= 0.95; against the bare runs right before and after ({around[0][0]:.0f} / "
-               f"{around[1][0]:.0f}); Ray's epoch includes Ray Data start-up")
-        record("ray", f"Ray ({engine}) / bare samples/s, after the first {WARM_STEPS} steps",
-               steady[engine] / warm if warm > 0 else float("nan"), "ratio", "target >= 0.95")
+    what = f"{'paper preset size, code tokens, bf16 autocast' if gpu else 'CPU preset size'}, {steps} steps"
+    for arm in dict.fromkeys(args.ray_arms):
+        arm_cfg = common + RAY_ARMS[arm]
+        settled = [_settle()]
+        bare_runs = [_bare_loop(load_config(None, arm_cfg), work, steps, device)]
+        ray_rates, steady, waits = {}, {}, {}
+        # ZeRO-2 is the config default; with one worker it has nothing to partition. DDP: the torch engine, no
+        # DeepSpeed
+        engines = {key: RAY_ENGINES[key] for key in dict.fromkeys(args.engines)}  # in the order given
+        for i, (key, (engine, extra)) in enumerate(engines.items()):
+            settled.append(_settle())
+            t0 = time.perf_counter()
+            env = RAY_ENGINE_ENV.get(key, {})
+            os.environ.update(env)  # the driver forwards them to the worker (ray_env.worker_env)
+            try:
+                metrics = train_stage(load_config(None, arm_cfg + extra + [f"train.run_name={arm}{i}"]), work, log)
+            finally:
+                for k in env:
+                    os.environ.pop(k)
+            first = metrics["history"][0]
+            ray_rates[engine], waits[engine] = first["train/samples_per_s"], first.get("train/input_wait_frac")
+            steady[engine] = first.get("train/samples_per_s_steady", float("nan"))
+            record("ray", f"Ray Data + Ray Train, 1 worker, {engine}, {arm}, {what}", ray_rates[engine],
+                   "samples/s", f"whole epoch; after the first {WARM_STEPS} steps: {steady[engine]:.0f}; waiting "
+                   f"for input {waits[engine] or 0:.1%} of the epoch; run wall {time.perf_counter() - t0:.0f}s")
+            settled.append(_settle())
+            bare_runs.append(_bare_loop(load_config(None, arm_cfg), work, steps, device))
+        record("ray", f"bare in-process torch loop, {arm}, same model and rows, {steps} steps",
+               float(np.mean([r[0] for r in bare_runs])), "samples/s",
+               f"mean of {len(bare_runs)} runs around the Ray runs, all with the local Ray up: "
+               + " / ".join(f"{r[0]:.0f}" for r in bare_runs)
+               + f"; every run waited for a quiet machine first ({', '.join(f'{w:.0f}' for w in settled)} s)")
+        for i, (engine, rate) in enumerate(ray_rates.items()):
+            around = bare_runs[i:i + 2]
+            whole, warm = (float(np.mean([r[k] for r in around])) for k in (0, 1))
+            record("ray", f"Ray ({engine}) / bare samples/s, {arm}, whole epoch", rate / whole, "ratio",
+                   f"target >= 0.95; against the bare runs right before and after ({around[0][0]:.0f} / "
+                   f"{around[1][0]:.0f}); Ray's epoch includes Ray Data start-up")
+            record("ray", f"Ray ({engine}) / bare samples/s, {arm}, after the first {WARM_STEPS} steps",
+                   steady[engine] / warm if warm > 0 else float("nan"), "ratio", "target >= 0.95")
     # the Ray path's ceiling: the same Ray Data pipeline and batch iteration as the worker's, with no model
     ds = build_datasets(work, tok.sids, cfg.data.max_history, splits=("train",))["train"]
     t0, n = time.perf_counter(), 0
@@ -531,21 +555,24 @@ def _settle() -> float:
     return wait_for_quiet(60.0, 10.0, log)[1]
 
 
-def _bare_loop(cfg, work: Path, steps: int) -> tuple[float, float]:
-    """(samples/s, samples/s after WARM_STEPS) of a bare loop over the same parquet rows and the same model."""
+def _bare_loop(cfg, work: Path, steps: int, device=torch.device("cpu")) -> tuple[float, float]:
+    """(samples/s, samples/s after WARM_STEPS) of a bare loop over the same parquet rows and the same model, with the
+    engines' forward (train.precision) and the worker's batch layout and copies to ``device``."""
     import pyarrow.parquet as pq
 
     from s2gr_ray import artifacts
-    from s2gr_ray.training.data_pipeline import SidMapper, encoder_chunks, length_chunks, trim_history
+    from s2gr_ray.training.data_pipeline import SidMapper, _to_torch, encoder_chunks, length_chunks, trim_history
     from s2gr_ray.training.driver import load_tokenizer_payload
-    from s2gr_ray.training.worker import WARM_STEPS, build_model
+    from s2gr_ray.training.engine import _forward
+    from s2gr_ray.training.worker import WARM_STEPS, _to_device, build_model
 
     torch.manual_seed(0)
     payload, _ = load_tokenizer_payload(work, artifacts.read_manifest(work, "data"))  # what the driver ships
-    model = build_model(cfg, payload)
+    model = build_model(cfg, payload).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     mapper = SidMapper(payload["sids"], cfg.data.max_history)
     files = sorted((work / "sequences" / "train").glob("*.parquet"))
+    precision = cfg.train.precision if cfg.train.precision in ("fp32", "amp") else "fp32"
     t0, seen, step = time.perf_counter(), 0, 0
     t_warm, seen_warm = t0, 0
     batches = (batch for f in files for batch in pq.ParquetFile(f).iter_batches(
@@ -553,10 +580,8 @@ def _bare_loop(cfg, work: Path, steps: int) -> tuple[float, float]:
     chunks = encoder_chunks(cfg.train)
     for batch in batches:
         # the worker's batch layout (data_pipeline.train_batches): trimmed, length-chunked encoder on CPU
-        b = length_chunks(trim_history(mapper(batch)), chunks)
-        enc = [tuple(c) for c in b["encoder_chunks"].tolist()] if "encoder_chunks" in b else None
-        out = model(torch.as_tensor(b["history"]).long(), torch.as_tensor(b["history_mask"]),
-                    torch.as_tensor(b["target_sids"]).long(), enc)
+        b = _to_device(_to_torch(length_chunks(trim_history(mapper(batch)), chunks)), device)
+        out = _forward(model, b, precision)
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)  # as the engines do
@@ -564,9 +589,11 @@ def _bare_loop(cfg, work: Path, steps: int) -> tuple[float, float]:
         seen += len(b["target"])
         step += 1
         if step == WARM_STEPS:
+            _sync(device)
             t_warm, seen_warm = time.perf_counter(), seen
         if seen >= steps * 256:
             break
+    _sync(device)
     t_end = time.perf_counter()
     rates = seen / (t_end - t0), (seen - seen_warm) / (t_end - t_warm)
     log(f"bare loop: {rates[0]:.0f} samples/s (after the first {WARM_STEPS} steps: {rates[1]:.0f})")
@@ -724,8 +751,11 @@ def main() -> int:
     p.add_argument("--long-history", type=int, default=100, help="history length (items) of the long-history "
                    "decode pair (the encoder-dominated regime of the paper's cost figure)")
     p.add_argument("--ray-steps", type=int, default=300)
-    p.add_argument("--engines", nargs="+", default=list(RAY_ENGINES), choices=list(RAY_ENGINES),
-                   help="training engines of the ray section, run in this order (each against the same bare loop)")
+    p.add_argument("--engines", nargs="+", default=["zero0", "zero2", "ddp"], choices=list(RAY_ENGINES),
+                   help="training engines of the ray section, run in this order (each against the same bare loop; "
+                   "zero0-blocking: ZeRO-0 with the worker's blocking host-to-device copies, a GPU before/after row)")
+    p.add_argument("--ray-arms", nargs="+", default=["s2gr"], choices=list(RAY_ARMS),
+                   help="arms of the ray section, each with its own bare runs")
     p.add_argument("--beauty-run", default="", help="a prepared run directory (sequences/) for the beauty section; "
                    "default: prepare Beauty from S2GR_BEAUTY_PATH / ../shared/data/amazon-beauty")
     p.add_argument("--beauty-group", type=int, default=8, help="train.length_grouping of the beauty section")

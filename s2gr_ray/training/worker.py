@@ -14,7 +14,7 @@ import random
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -28,15 +28,45 @@ WARM_STEPS = 20  # train/samples_per_s_steady counts the micro-steps after these
 COMPILED_WIDTH = 4  # a compiled step sees trimmed history widths in multiples of this (fewer shapes to compile)
 
 
+BATCH_TYPES = {"history": torch.long, "history_mask": torch.bool, "target_sids": torch.long, "target": torch.long,
+               "history_len": torch.long}
+# S2GR_BLOCKING_H2D=1 sends batches to a GPU with plain blocking copies (the worker's copies before pinned memory):
+# the speed benchmark's before/after row on a GPU
+BLOCKING_H2D = os.environ.get("S2GR_BLOCKING_H2D") == "1"
+
+
 def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    return {
-        "history": batch["history"].to(device, torch.long),
-        "history_mask": batch["history_mask"].to(device, torch.bool),
-        "target_sids": batch["target_sids"].to(device, torch.long),
-        "target": batch["target"].to(device, torch.long),
-        "history_len": batch["history_len"].to(device, torch.long),
-        **({"encoder_chunks": batch["encoder_chunks"]} if "encoder_chunks" in batch else {}),  # stays on the CPU
-    }
+    """The batch as the model takes it (int64 ids, a bool mask) on ``device``; ``encoder_chunks`` stays on the CPU.
+    To a GPU each tensor is cast on the CPU, put in pinned memory and copied without waiting: a copy from pageable
+    memory waits until the GPU has run everything queued before it, so the CPU could not queue the next step's
+    kernels while the GPU runs this one (a training step at batch 256 is bound by kernel launches)."""
+    out = {}
+    for key, dtype in BATCH_TYPES.items():
+        if device.type == "cuda" and not BLOCKING_H2D:
+            out[key] = batch[key].to(dtype).pin_memory().to(device, non_blocking=True)
+        else:
+            out[key] = batch[key].to(device, dtype)
+    if "encoder_chunks" in batch:
+        out["encoder_chunks"] = batch["encoder_chunks"]
+    return out
+
+
+class TimedIter:
+    """Iterates ``items`` and adds the seconds each next() took to ``seconds``: how long the training loop waited
+    for its batches (Ray Data's delivery, then the local shuffle and the batch layout, done in the loop's thread)."""
+
+    def __init__(self, items: Iterable[Any]) -> None:
+        self._it, self.seconds = iter(items), 0.0
+
+    def __iter__(self) -> Iterator[Any]:
+        return self
+
+    def __next__(self) -> Any:
+        t = time.perf_counter()
+        try:
+            return next(self._it)
+        finally:
+            self.seconds += time.perf_counter() - t
 
 
 def build_model(cfg, tok: dict[str, Any]):
@@ -232,7 +262,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         t0, seen, term_keys, term_acc, n_terms = time.time(), 0, None, None, 0
         t_warm, seen_warm = t0, 0  # throughput after the first WARM_STEPS (pipeline start-up excluded)
         assert stream is not None  # the loop condition holds exactly when a stream was started for this epoch
-        for i, batch in enumerate(stream):
+        batches = TimedIter(stream)
+        for i, batch in enumerate(batches):
             # an epoch is steps_per_epoch whole optimizer steps: with train.grad_accum_steps > 1 the last < accum
             # micro-batches of a shard are left out, so no accumulation spans two epochs (an epoch checkpoint never
             # holds half-accumulated gradients, which a resume would drop) and the LR schedule's length holds
@@ -284,6 +315,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if seen_warm and seen > seen_warm:
             train_metrics["train/samples_per_s_steady"] = (seen - seen_warm) / max(t0 + epoch_time - t_warm, 1e-9)
         train_metrics["train/epoch_seconds"] = epoch_time
+        # rank 0's share of the epoch spent waiting for batches: near 0 when the model sets the pace
+        train_metrics["train/input_wait_frac"] = batches.seconds / max(epoch_time, 1e-9)
         # the next epoch's stream starts now and gets going while this epoch validates (unused after an early stop)
         stream = epoch_stream(epoch + 1) if epoch + 1 < cfg.train.max_epochs else None
 
@@ -309,7 +342,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if rank == 0:
             msg = " ".join(f"{k.split('/')[1]} {v:.4f}" for k, v in metrics.items() if k.startswith("valid/"))
             print(f"[train] epoch {epoch + 1} done in {epoch_time:.0f}s (train loss "
-                  f"{train_metrics.get('train/loss', float('nan')):.4f}); valid {msg}"
+                  f"{train_metrics.get('train/loss', float('nan')):.4f}, waiting for input "
+                  f"{train_metrics['train/input_wait_frac']:.1%}); valid {msg}"
                   f"{' (best)' if improved else ''}", flush=True)
             if writer:
                 for k, v in metrics.items():

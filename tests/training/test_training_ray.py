@@ -119,6 +119,7 @@ def test_resume_continues_the_step_count(base_run, tmp_path, capfd):
     first = train(run, "train.max_epochs=1", "train.run_name=resume", amp)
     steps_one_epoch = first["train"]["steps"]
     assert steps_one_epoch > 0 and math.isfinite(first["history"][0]["train/loss"])
+    assert 0 < first["history"][0]["train/input_wait_frac"] < 1  # the first batch alone waits for Ray Data
     # the final report carries the last epoch's train/* terms (a sweep on metric train/loss needs every report
     # to hold it), and metrics.json keeps the loss
     assert first["train"]["last_loss"] == first["history"][-1]["train/loss"]
