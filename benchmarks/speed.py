@@ -21,8 +21,7 @@ Writes benchmarks/results/speed.{md,csv} and prints the table. Sections:
   ray      Ray Data + Ray Train (1 worker, DeepSpeed) samples/s vs a bare in-process loop, same model and rows,
            over the whole epoch and after the first 20 steps (Ray Data start-up excluded), with the share of the
            epoch the worker waited for input; Ray Data ingest alone. On a GPU: the paper preset's model, bf16
-           autocast on both sides (--ray-arms s2gr tiger; --engines zero0-blocking adds the before/after row of the
-           worker's host-to-device copies)
+           autocast on both sides (--ray-arms s2gr tiger)
   memory   peak memory of `s2gr train` (a child process: driver, local Ray, worker; PSS and RSS sums) over one
            full epoch of 1x vs 10x the Beauty training rows (synthetic; --memory-scales 1 10 20 adds 20x)
 On a CUDA machine the train section also reports the fraction of the card's bf16 peak (--peak-tflops), from the
@@ -451,10 +450,7 @@ def bench_beauty(args, device) -> None:
 
 RAY_ENGINES = {"zero0": ("DeepSpeed ZeRO-0", ["train.zero_stage=0"]),
                "zero2": ("DeepSpeed ZeRO-2", ["train.zero_stage=2"]),
-               "ddp": ("torch DDP", ["train.engine=ddp"]),
-               # the worker's blocking host-to-device copies (before pinned memory): a GPU before/after row
-               "zero0-blocking": ("DeepSpeed ZeRO-0, blocking copies", ["train.zero_stage=0"])}
-RAY_ENGINE_ENV = {"zero0-blocking": {"S2GR_BLOCKING_H2D": "1"}}
+               "ddp": ("torch DDP", ["train.engine=ddp"])}
 RAY_ARMS = {"s2gr": [], "tiger": ["model.n_think=0", "model.aux_decoder_layers=0"]}
 
 
@@ -505,17 +501,11 @@ def bench_ray(args, device) -> None:
         ray_rates, steady, waits = {}, {}, {}
         # ZeRO-2 is the config default; with one worker it has nothing to partition. DDP: the torch engine, no
         # DeepSpeed
-        engines = {key: RAY_ENGINES[key] for key in dict.fromkeys(args.engines)}  # in the order given
-        for i, (key, (engine, extra)) in enumerate(engines.items()):
+        engines = dict(RAY_ENGINES[key] for key in dict.fromkeys(args.engines))  # in the order given
+        for i, (engine, extra) in enumerate(engines.items()):
             settled.append(_settle())
             t0 = time.perf_counter()
-            env = RAY_ENGINE_ENV.get(key, {})
-            os.environ.update(env)  # the driver forwards them to the worker (ray_env.worker_env)
-            try:
-                metrics = train_stage(load_config(None, arm_cfg + extra + [f"train.run_name={arm}{i}"]), work, log)
-            finally:
-                for k in env:
-                    os.environ.pop(k)
+            metrics = train_stage(load_config(None, arm_cfg + extra + [f"train.run_name={arm}{i}"]), work, log)
             first = metrics["history"][0]
             ray_rates[engine], waits[engine] = first["train/samples_per_s"], first.get("train/input_wait_frac")
             steady[engine] = first.get("train/samples_per_s_steady", float("nan"))
@@ -751,9 +741,8 @@ def main() -> int:
     p.add_argument("--long-history", type=int, default=100, help="history length (items) of the long-history "
                    "decode pair (the encoder-dominated regime of the paper's cost figure)")
     p.add_argument("--ray-steps", type=int, default=300)
-    p.add_argument("--engines", nargs="+", default=["zero0", "zero2", "ddp"], choices=list(RAY_ENGINES),
-                   help="training engines of the ray section, run in this order (each against the same bare loop; "
-                   "zero0-blocking: ZeRO-0 with the worker's blocking host-to-device copies, a GPU before/after row)")
+    p.add_argument("--engines", nargs="+", default=list(RAY_ENGINES), choices=list(RAY_ENGINES),
+                   help="training engines of the ray section, run in this order (each against the same bare loop)")
     p.add_argument("--ray-arms", nargs="+", default=["s2gr"], choices=list(RAY_ARMS),
                    help="arms of the ray section, each with its own bare runs")
     p.add_argument("--beauty-run", default="", help="a prepared run directory (sequences/) for the beauty section; "

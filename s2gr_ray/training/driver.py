@@ -262,7 +262,8 @@ def train_stage(cfg: Config, run: Path, log: Callable[[str], None] = print, call
         # every user is evaluated exactly once
         dataset_config=DataConfig(datasets_to_split=["train"], execution_options=ingest),
     )
-    log(f"train: {cfg.train.num_workers} worker(s), engine {cfg.train.engine} (ZeRO-{cfg.train.zero_stage}), "
+    engine = f"deepspeed (ZeRO-{cfg.train.zero_stage})" if cfg.train.engine == "deepspeed" else "ddp (no ZeRO)"
+    log(f"train: {cfg.train.num_workers} worker(s), engine {engine}, "
         f"{data_manifest['splits']['train']:,} training examples ({cfg.train.shuffle} shuffle), "
         f"storage {storage}/{cfg.train.run_name}")
     t0 = time.time()

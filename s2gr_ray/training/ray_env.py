@@ -27,7 +27,7 @@ def worker_env(use_gpu: bool) -> dict[str, str]:
     if not use_gpu:
         env["DS_ACCELERATOR"] = "cpu"
     for key in ("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "TORCH_EXTENSIONS_DIR", "S2GR_EVAL_KEEP_BYTES",
-                "S2GR_BLOCKING_H2D", "S2GR_TEST_KILL_AT_STEP", "S2GR_TEST_KILL_MARKER", "S2GR_TEST_RECORD_ROWS"):
+                "S2GR_TEST_KILL_AT_STEP", "S2GR_TEST_KILL_MARKER", "S2GR_TEST_RECORD_ROWS"):
         if key in os.environ:
             env[key] = os.environ[key]
     return env

@@ -30,22 +30,12 @@ COMPILED_WIDTH = 4  # a compiled step sees trimmed history widths in multiples o
 
 BATCH_TYPES = {"history": torch.long, "history_mask": torch.bool, "target_sids": torch.long, "target": torch.long,
                "history_len": torch.long}
-# S2GR_BLOCKING_H2D=1 sends batches to a GPU with plain blocking copies (the worker's copies before pinned memory):
-# the speed benchmark's before/after row on a GPU
-BLOCKING_H2D = os.environ.get("S2GR_BLOCKING_H2D") == "1"
 
 
 def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
     """The batch as the model takes it (int64 ids, a bool mask) on ``device``; ``encoder_chunks`` stays on the CPU.
-    To a GPU each tensor is cast on the CPU, put in pinned memory and copied without waiting: a copy from pageable
-    memory waits until the GPU has run everything queued before it, so the CPU could not queue the next step's
-    kernels while the GPU runs this one (a training step at batch 256 is bound by kernel launches)."""
-    out = {}
-    for key, dtype in BATCH_TYPES.items():
-        if device.type == "cuda" and not BLOCKING_H2D:
-            out[key] = batch[key].to(dtype).pin_memory().to(device, non_blocking=True)
-        else:
-            out[key] = batch[key].to(device, dtype)
+    Plain copies: pinned, non-blocking ones changed nothing measurable on an H200 (benchmarks/RESULTS.md)."""
+    out = {key: batch[key].to(device, dtype) for key, dtype in BATCH_TYPES.items()}
     if "encoder_chunks" in batch:
         out["encoder_chunks"] = batch["encoder_chunks"]
     return out
