@@ -337,7 +337,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                   f"{' (best)' if improved else ''}", flush=True)
             if writer:
                 for k, v in metrics.items():
-                    if k.startswith(("valid", "train/epoch", "eval")):
+                    if k.startswith(("valid", "train/epoch", "train/input", "eval")):
                         writer.add_scalar(k if "/" in k else f"eval/{k}", v, epoch + 1)
         state["stopped_early"] = bool(stop)
         with tempfile.TemporaryDirectory() as tmp:
