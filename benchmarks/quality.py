@@ -121,7 +121,7 @@ def forget_arm(cfg, run: Path, log=print) -> None:
 
 # keys that change where or how fast an arm runs, not what it learns: a finished arm is reused across them
 SPEED_ONLY = ("data.path", "ray.", "train.storage_path", "train.log_every", "train.compile", "train.torch_threads",
-              "train.cpus_per_worker", "eval.batch_size", "train.ingest_buffer_mb")
+              "train.cpus_per_worker", "eval.batch_size", "train.ingest_buffer_mb", "train.profile_steps")
 ARM_SETTINGS = "arm_settings.json"
 
 

@@ -21,7 +21,7 @@ Writes benchmarks/results/speed.{md,csv} and prints the table. Sections:
   ray      Ray Data + Ray Train (1 worker, DeepSpeed) samples/s vs a bare in-process loop, same model and rows,
            over the whole epoch and after the first 20 steps (Ray Data start-up excluded), with the share of the
            epoch the worker waited for input; Ray Data ingest alone. On a GPU: the paper preset's model, bf16
-           autocast on both sides (--ray-arms s2gr tiger)
+           autocast on both sides (--ray-arms s2gr tiger); --ray-profile N: the ops of N steps in each, side by side
   memory   peak memory of `s2gr train` (a child process: driver, local Ray, worker; PSS and RSS sums) over one
            full epoch of 1x vs 10x the Beauty training rows (synthetic; --memory-scales 1 10 20 adds 20x)
 On a CUDA machine the train section also reports the fraction of the card's bf16 peak (--peak-tflops), from the
@@ -478,6 +478,8 @@ def bench_ray(args, device) -> None:
                      "train.log_every=1000", "train.cpus_per_worker=1", f"model.history_tokens={layout}"]
     if gpu:
         common += ["train.use_gpu=true", "train.precision=amp"]
+    if args.ray_profile:
+        common.append(f"train.profile_steps={args.ray_profile}")  # the worker's and the bare loop's tables
     cfg = load_config(None, common)
     prepare_stage(cfg, work, log)
     sids, sizes = random_catalog(json.loads((work / "manifest.json").read_text())["num_items"], SEM, seed=0)
@@ -547,14 +549,15 @@ def _settle() -> float:
 
 def _bare_loop(cfg, work: Path, steps: int, device=torch.device("cpu")) -> tuple[float, float]:
     """(samples/s, samples/s after WARM_STEPS) of a bare loop over the same parquet rows and the same model, with the
-    engines' forward (train.precision) and the worker's batch layout and copies to ``device``."""
+    engines' forward (train.precision) and the worker's batch layout and copies to ``device``; with
+    train.profile_steps, the same steps as the worker's profiled (the table in the log)."""
     import pyarrow.parquet as pq
 
     from s2gr_ray import artifacts
     from s2gr_ray.training.data_pipeline import SidMapper, _to_torch, encoder_chunks, length_chunks, trim_history
     from s2gr_ray.training.driver import load_tokenizer_payload
     from s2gr_ray.training.engine import _forward
-    from s2gr_ray.training.worker import WARM_STEPS, _to_device, build_model
+    from s2gr_ray.training.worker import WARM_STEPS, StepProfiler, _to_device, build_model
 
     torch.manual_seed(0)
     payload, _ = load_tokenizer_payload(work, artifacts.read_manifest(work, "data"))  # what the driver ships
@@ -568,14 +571,19 @@ def _bare_loop(cfg, work: Path, steps: int, device=torch.device("cpu")) -> tuple
     batches = (batch for f in files for batch in pq.ParquetFile(f).iter_batches(
         batch_size=256, columns=["user_id", "history", "target", "history_len"]))
     chunks = encoder_chunks(cfg.train)
+    profiler = StepProfiler(cfg.train.profile_steps, steps, device, label="bare") if cfg.train.profile_steps else None
     for batch in batches:
         # the worker's batch layout (data_pipeline.train_batches): trimmed, length-chunked encoder on CPU
         b = _to_device(_to_torch(length_chunks(trim_history(mapper(batch)), chunks)), device)
+        if profiler:
+            profiler.before_step(step)
         out = _forward(model, b, precision)
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)  # as the engines do
         opt.step()
+        if profiler:
+            profiler.after_step(step)
         seen += len(b["target"])
         step += 1
         if step == WARM_STEPS:
@@ -745,6 +753,9 @@ def main() -> int:
                    help="training engines of the ray section, run in this order (each against the same bare loop)")
     p.add_argument("--ray-arms", nargs="+", default=["s2gr"], choices=list(RAY_ARMS),
                    help="arms of the ray section, each with its own bare runs")
+    p.add_argument("--ray-profile", type=int, default=0, metavar="N",
+                   help="profile N steps from step 20 in every Ray run and bare loop of the ray section "
+                        "(train.profile_steps: tables of ops by self CPU / CUDA time in the log; slower runs)")
     p.add_argument("--beauty-run", default="", help="a prepared run directory (sequences/) for the beauty section; "
                    "default: prepare Beauty from S2GR_BEAUTY_PATH / ../shared/data/amazon-beauty")
     p.add_argument("--beauty-group", type=int, default=8, help="train.length_grouping of the beauty section")

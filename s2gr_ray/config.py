@@ -235,6 +235,10 @@ class TrainConfig:
     storage_path: str = ""  # "" = <out>/train; local folder or pyarrow filesystem URI
     run_name: str = "s2gr"
     log_every: int = 50
+    # profile this many training steps (torch.profiler, rank 0, from step 20 of the first epoch the run trains): the
+    # ops by self CPU time (and CUDA time on a GPU) in the log, and with a Chrome trace in RUN/tensorboard/<run_name>/
+    # (profile_train.txt / .json). That epoch runs slower. 0 = off
+    profile_steps: int = 0
     max_steps_per_epoch: int = 0  # 0 = full epoch
     seed: int = 0
 
@@ -346,7 +350,7 @@ _NON_NEGATIVE = {
     "model.aux_decoder_layers", "model.n_think", "model.w_align",
     "model.w_infonce", "model.w_reg", "train.weight_decay", "train.warmup_steps", "train.grad_clip",
     "train.patience", "train.max_failures", "train.torch_threads", "train.encoder_chunks", "train.gpus_per_worker",
-    "train.max_steps_per_epoch", "train.ingest_buffer_mb", "eval.min_history_view",
+    "train.max_steps_per_epoch", "train.ingest_buffer_mb", "train.profile_steps", "eval.min_history_view",
     "eval.max_users", "eval.valid_users", "ray.num_cpus",
 }
 # keys a saved config or settings file may still hold but the code no longer has (never read when they existed),
@@ -369,6 +373,7 @@ ADDED_KEYS: dict[str, Any] = {
     "tokenizer.cooc_self_loops": True,
     "tokenizer.appnp_include_h0": True,
     "tokenizer.balance_scale_momentum": 0.99,
+    "train.profile_steps": 0,
 }
 
 

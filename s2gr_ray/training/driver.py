@@ -58,7 +58,7 @@ SETTINGS_FILE = "s2gr_settings.json"  # in STORAGE/RUN_NAME: what the checkpoint
 RESUME_FREE = {"train.log_every", "train.max_failures", "train.keep_checkpoints", "train.torch_threads",
                "train.cpus_per_worker", "train.gpus_per_worker", "train.storage_path", "train.run_name",
                "train.compile", "train.encoder_chunks", "train.max_epochs", "train.patience",
-               "train.ingest_buffer_mb"}
+               "train.ingest_buffer_mb", "train.profile_steps"}
 
 
 def run_settings(cfg: Config, tokenizer_hash: str, data_hash: str) -> dict[str, Any]:

@@ -59,6 +59,65 @@ class TimedIter:
             self.seconds += time.perf_counter() - t
 
 
+class StepProfiler:
+    """train.profile_steps: torch.profiler over that many training steps of the first epoch a process trains, from
+    step WARM_STEPS on (earlier when the epoch is shorter), then the ops by self CPU time (and by self CUDA time on a
+    GPU) printed to the log, and written with a Chrome trace into ``folder`` when there is one. The bare loop of
+    benchmarks/speed.py profiles the same steps with it, so the two tables compare op for op."""
+
+    def __init__(self, steps: int, steps_per_epoch: int, device: torch.device, folder: str | Path | None = None,
+                 label: str = "train") -> None:
+        self.first = min(WARM_STEPS, max(steps_per_epoch - steps, 0))
+        self.end = self.first + steps
+        self.device, self.folder, self.label = device, folder, label
+        self._prof: Any = None
+        self._t0, self._profiled = 0.0, 0
+        self.done = False
+
+    def before_step(self, i: int) -> None:
+        if i == self.first and not self.done:
+            from torch.profiler import ProfilerActivity, profile
+
+            activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if self.device.type == "cuda" else [])
+            self._sync()
+            self._prof = profile(activities=activities)
+            self._prof.start()
+            self._t0 = time.perf_counter()
+
+    def after_step(self, i: int) -> None:
+        if self._prof is not None:
+            self._profiled = i + 1 - self.first
+            if i + 1 == self.end:
+                self.finish()
+
+    def finish(self) -> None:
+        """Stop and report (also for an epoch that ended inside the profiled steps)."""
+        if self._prof is None:
+            return
+        self._sync()
+        wall = time.perf_counter() - self._t0
+        self._prof.stop()
+        steps = max(self._profiled, 1)
+        tables = [f"[{self.label}] profile of steps {self.first + 1}-{self.first + steps}: {wall / steps * 1000:.1f} "
+                  f"ms per step (wall, {self.device.type})"]
+        keys = ["self_cpu_time_total"] + (["self_cuda_time_total"] if self.device.type == "cuda" else [])
+        for key in keys:
+            tables.append(self._prof.key_averages().table(sort_by=key, row_limit=25))
+        text = "\n".join(tables)
+        print(text, flush=True)
+        if self.folder:
+            Path(self.folder).mkdir(parents=True, exist_ok=True)
+            Path(self.folder, f"profile_{self.label}.txt").write_text(text + "\n")
+            self._prof.export_chrome_trace(str(Path(self.folder, f"profile_{self.label}.json")))
+            print(f"[{self.label}] profile written to {self.folder} (profile_{self.label}.txt, .json: "
+                  f"chrome://tracing or https://ui.perfetto.dev)", flush=True)
+        self._prof, self.done = None, True
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+
+
 def build_model(cfg, tok: dict[str, Any]):
     from s2gr_ray.model.s2gr import S2GR
 
@@ -245,6 +304,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     t_start = time.time()
     compiled_once = False
 
+    first_epoch = state["epoch"]  # this process's first (train.profile_steps profiles it)
     while not state["stopped_early"] and state["epoch"] < cfg.train.max_epochs:
         epoch = state["epoch"]
         # the loss terms are summed on the device and read once per epoch: a float() per step would make the CPU
@@ -253,6 +313,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         t_warm, seen_warm = t0, 0  # throughput after the first WARM_STEPS (pipeline start-up excluded)
         assert stream is not None  # the loop condition holds exactly when a stream was started for this epoch
         batches = TimedIter(stream)
+        profiler = StepProfiler(cfg.train.profile_steps, steps_per_epoch, device, config.get("tensorboard_dir")) \
+            if cfg.train.profile_steps and rank == 0 and epoch == first_epoch else None
         for i, batch in enumerate(batches):
             # an epoch is steps_per_epoch whole optimizer steps: with train.grad_accum_steps > 1 the last < accum
             # micro-batches of a shard are left out, so no accumulation spans two epochs (an epoch checkpoint never
@@ -268,6 +330,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 print("[train] torch.compile (train.compile=true): compiling the training step, ~1 min on CPU "
                       "(once per worker) ...", flush=True)
             t_step = time.time()
+            if profiler:
+                profiler.before_step(i)
             terms = engine.train_step(_to_device(batch, device))
             if first_compiled:
                 compiled_once = True
@@ -278,6 +342,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             values = torch.stack([terms[k].detach().float().reshape(()) for k in term_keys])
             term_acc = values if term_acc is None else term_acc + values
             n_terms += 1
+            if profiler:
+                profiler.after_step(i)
             seen += micro * world
             if i + 1 == WARM_STEPS:
                 t_warm, seen_warm = time.time(), seen
@@ -295,6 +361,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                         writer.add_scalar(f"train/{k}", float(v), step)
                     writer.add_scalar("train/lr", engine.lr, step)
                     writer.add_scalar("train/samples_per_s", rate, step)
+        if profiler:
+            profiler.finish()  # an epoch shorter than the profiled steps
         term_sums = dict(zip(term_keys, term_acc.tolist())) if term_keys else {}  # waits for the epoch's last step
         epoch_time = time.time() - t0
         if world > 1 and term_keys:  # every worker's steps, not rank 0's share (equal splits: same keys and count)

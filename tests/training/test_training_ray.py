@@ -116,10 +116,14 @@ def test_early_stop_ends_the_run_and_still_tests(base_run, tmp_path):
 def test_resume_continues_the_step_count(base_run, tmp_path, capfd):
     run = fresh_run(base_run, tmp_path)
     amp = "train.precision=amp"  # bf16 autocast over fp32 DeepSpeed weights, on CPU
-    first = train(run, "train.max_epochs=1", "train.run_name=resume", amp)
+    first = train(run, "train.max_epochs=1", "train.run_name=resume", amp, "train.profile_steps=2")
     steps_one_epoch = first["train"]["steps"]
     assert steps_one_epoch > 0 and math.isfinite(first["history"][0]["train/loss"])
     assert 0 < first["history"][0]["train/input_wait_frac"] < 1  # the first batch alone waits for Ray Data
+    # train.profile_steps: two steps' ops by self CPU time, beside the TensorBoard events (resuming without it is
+    # allowed: it changes how the run executes, not what it learns)
+    profile = (run / "tensorboard" / "resume" / "profile_train.txt").read_text()
+    assert "profile of steps" in profile and "Self CPU" in profile and "aten::" in profile
     # the final report carries the last epoch's train/* terms (a sweep on metric train/loss needs every report
     # to hold it), and metrics.json keeps the loss
     assert first["train"]["last_loss"] == first["history"][-1]["train/loss"]

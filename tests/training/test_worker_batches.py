@@ -1,6 +1,8 @@
-"""The training worker's batch hand-off: batches on the device as the model takes them, and the input-wait clock."""
+"""The training worker's batch hand-off: batches on the device as the model takes them, the input-wait clock, and
+the step profiler (train.profile_steps)."""
 from __future__ import annotations
 
+import json
 import time
 
 import numpy as np
@@ -8,7 +10,7 @@ import pytest
 import torch
 
 from s2gr_ray.training.data_pipeline import _to_torch
-from s2gr_ray.training.worker import BATCH_TYPES, TimedIter, _to_device
+from s2gr_ray.training.worker import BATCH_TYPES, StepProfiler, TimedIter, _to_device
 
 
 def _batch(rows: int = 8, width: int = 5) -> dict[str, torch.Tensor]:
@@ -53,3 +55,32 @@ def test_timed_iter_counts_only_the_wait_for_items():
         time.sleep(0.2)  # the consumer's own work is not input wait
     assert got == [0, 1, 2]
     assert 0.14 <= items.seconds < 0.5  # counting the consumer's sleeps too would give >= 0.75
+
+
+@pytest.mark.parametrize("steps_per_epoch, first", [(40, 20), (6, 4)])  # from step 20, or earlier in a short epoch
+def test_step_profiler_profiles_the_steps_it_names(tmp_path, capsys, steps_per_epoch, first):
+    model = torch.nn.Linear(8, 8)
+    prof = StepProfiler(2, steps_per_epoch, torch.device("cpu"), tmp_path)
+    assert (prof.first, prof.end) == (first, first + 2)
+    for i in range(steps_per_epoch):
+        prof.before_step(i)
+        model(torch.randn(4, 8)).sum().backward()
+        prof.after_step(i)
+    prof.finish()  # after the report: nothing left to do
+    assert prof.done
+    text = (tmp_path / "profile_train.txt").read_text()
+    assert f"profile of steps {first + 1}-{first + 2}" in text and "aten::addmm" in text
+    assert capsys.readouterr().out.count("profile of steps") == 1
+    trace = json.loads((tmp_path / "profile_train.json").read_text())
+    assert any(e.get("name") == "aten::addmm" for e in trace["traceEvents"])
+
+
+def test_step_profiler_reports_an_epoch_that_ends_inside_its_steps(tmp_path):
+    prof = StepProfiler(5, 3, torch.device("cpu"), tmp_path)  # steps 1-5 asked, the epoch has 3
+    for i in range(3):
+        prof.before_step(i)
+        torch.ones(3).sum()
+        prof.after_step(i)
+    assert not prof.done
+    prof.finish()
+    assert prof.done and "profile of steps 1-3:" in (tmp_path / "profile_train.txt").read_text()  # the 3 it saw
