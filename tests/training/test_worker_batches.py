@@ -84,3 +84,13 @@ def test_step_profiler_reports_an_epoch_that_ends_inside_its_steps(tmp_path):
     assert not prof.done
     prof.finish()
     assert prof.done and "profile of steps 1-3:" in (tmp_path / "profile_train.txt").read_text()  # the 3 it saw
+
+
+def test_step_profiler_sort_keys_are_torch_profiler_columns():
+    # the GPU table's key is checked here on a CPU profile: a key torch does not know fails only at the report
+    from torch.profiler import profile
+
+    with profile() as prof:
+        torch.ones(4).sum()
+    for key in StepProfiler.sort_keys(torch.device("cuda")):
+        assert "aten::sum" in prof.key_averages().table(sort_by=key, row_limit=5)
