@@ -498,8 +498,9 @@ def bench_ray(args, device) -> None:
     what = f"{'paper preset size, code tokens, bf16 autocast' if gpu else 'CPU preset size'}, {steps} steps"
     for arm in dict.fromkeys(args.ray_arms):
         arm_cfg = common + RAY_ARMS[arm]
+        bare_cfg = load_config(None, arm_cfg)
         settled = [_settle()]
-        bare_runs = [_bare_loop(load_config(None, arm_cfg), work, steps, device)]
+        bare_runs = [_bare_loop(bare_cfg, work, steps, device)]
         ray_rates, steady, waits = {}, {}, {}
         # ZeRO-2 is the config default; with one worker it has nothing to partition. DDP: the torch engine, no
         # DeepSpeed
@@ -515,7 +516,7 @@ def bench_ray(args, device) -> None:
                    "samples/s", f"whole epoch; after the first {WARM_STEPS} steps: {steady[engine]:.0f}; waiting "
                    f"for input {waits[engine] or 0:.1%} of the epoch; run wall {time.perf_counter() - t0:.0f}s")
             settled.append(_settle())
-            bare_runs.append(_bare_loop(load_config(None, arm_cfg), work, steps, device))
+            bare_runs.append(_bare_loop(bare_cfg, work, steps, device))
         record("ray", f"bare in-process torch loop, {arm}, same model and rows, {steps} steps",
                float(np.mean([r[0] for r in bare_runs])), "samples/s",
                f"mean of {len(bare_runs)} runs around the Ray runs, all with the local Ray up: "
@@ -565,7 +566,6 @@ def _bare_loop(cfg, work: Path, steps: int, device=torch.device("cpu")) -> tuple
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     mapper = SidMapper(payload["sids"], cfg.data.max_history)
     files = sorted((work / "sequences" / "train").glob("*.parquet"))
-    precision = cfg.train.precision if cfg.train.precision in ("fp32", "amp") else "fp32"
     t0, seen, step = time.perf_counter(), 0, 0
     t_warm, seen_warm = t0, 0
     batches = (batch for f in files for batch in pq.ParquetFile(f).iter_batches(
@@ -577,7 +577,7 @@ def _bare_loop(cfg, work: Path, steps: int, device=torch.device("cpu")) -> tuple
         b = _to_device(_to_torch(length_chunks(trim_history(mapper(batch)), chunks)), device)
         if profiler:
             profiler.before_step(step)
-        out = _forward(model, b, precision)
+        out = _forward(model, b, cfg.train.precision)  # bf16 autocast for "amp", plain fp32 for any other
         opt.zero_grad(set_to_none=True)
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)  # as the engines do
