@@ -485,7 +485,7 @@ def bench_ray(args, device) -> None:
     sids, sizes = random_catalog(json.loads((work / "manifest.json").read_text())["num_items"], SEM, seed=0)
     _write_tokenizer(work, sids, sizes, cfg)
     from s2gr_ray.tokenizer.sid import SIDTokenizer
-    from s2gr_ray.training.data_pipeline import build_datasets, encoder_chunks, train_batches
+    from s2gr_ray.training.data_pipeline import SidMapper, build_datasets, encoder_chunks, train_batches
 
     tok = SIDTokenizer.load(work / "tokenizer")
     # this host's speed drifts by up to ~20% over minutes: each Ray run is bracketed by bare runs (bare, Ray A, bare,
@@ -531,9 +531,9 @@ def bench_ray(args, device) -> None:
             record("ray", f"Ray ({engine}) / bare samples/s, {arm}, after the first {WARM_STEPS} steps",
                    steady[engine] / warm if warm > 0 else float("nan"), "ratio", "target >= 0.95")
     # the Ray path's ceiling: the same Ray Data pipeline and batch iteration as the worker's, with no model
-    ds = build_datasets(work, tok.sids, cfg.data.max_history, splits=("train",))["train"]
+    ds = build_datasets(work, None, cfg.data.max_history, splits=("train",))["train"]
     t0, n = time.perf_counter(), 0
-    for b in train_batches(ds, 256, chunks=encoder_chunks(cfg.train)):
+    for b in train_batches(ds, 256, chunks=encoder_chunks(cfg.train), mapper=SidMapper(tok.sids, cfg.data.max_history)):
         n += len(b["target"])
         if n >= steps * 256:
             break

@@ -214,13 +214,13 @@ class TrainConfig:
     # not fit).
     shuffle: str = "local"
     # Ray Data's object-store budget (MiB) for the run's input streams (train, valid, test). 0 = Ray Data's own
-    # limit, a share of the object store (~30% of the node's memory): reading and mapping may run ahead of training
-    # until that share is full: the peak grows by ~0.45 GiB per 1.3M rows (1.16x at 10x Beauty's rows, 1.30x at 20x;
-    # benchmarks/results/speed_memory_scales.md). A budget holds it down, at a cost in ingest speed: on 2 cores, 256
-    # took the 10x peak from 1.16x to 1.09x that of 1x, but halved the 10x epoch's samples/s (one run,
-    # benchmarks/results/speed_memory_budget.md) and cut the CPU preset model's to about a third (Ray Data then
-    # hands blocks to the training worker only as budget frees; benchmarks/RESULTS.md), so the default leaves Ray
-    # Data's limit.
+    # limit, a share of the object store (~30% of the node's memory): reading may run ahead of training until that
+    # share is full, but the streams carry the shards' rows as stored (~45 bytes a Beauty training row; the workers
+    # map them to SIDs), so the peak stays about level with the rows (1.01x at 10x Beauty's rows, 1.04x at 20x;
+    # benchmarks/results/speed_memory_ids.md). When the streams carried SID codes (~370 bytes a row) it grew 1.16x,
+    # and a budget of 256 held that down at half the samples/s on 2 cores (benchmarks/results/speed_memory_budget.md;
+    # Ray Data then hands blocks to the training worker only as budget frees): set one only when the rows' stored
+    # size nears the memory you can spare.
     ingest_buffer_mb: int = 0
     lr: float = 1e-3
     weight_decay: float = 0.01

@@ -1,8 +1,13 @@
-"""⑤ Ray Data: stream the sharded parquet sequence files and turn item ids into SID tensors.
+"""⑤ Ray Data: stream the sharded parquet sequence files; the training workers turn item ids into SID tensors.
 
-Shards hold item ids (one set of shards serves every tokenizer of a sweep); the id → SID mapping runs inside
-Ray Data's `map_batches` on CPU workers, vectorized with numpy over Arrow buffers, so training workers receive
-ready tensors:
+Shards hold item ids (one set of shards serves every tokenizer of a sweep). For training, Ray Data streams the
+shards' rows as they are stored (Arrow batches: ragged id lists, ~45 bytes a Beauty training row), and each worker
+collates its batches with ``SidMapper``, vectorized with numpy over the Arrow buffers (~0.1 ms per 256 rows):
+``collate`` pads the histories (compact item ids), the local shuffle and the length grouping draw from those, and
+``expand`` looks the SID codes up per micro-batch. Mapping to SIDs inside Ray Data instead (``map_batches``) put
+~370 bytes a row in the object store (20 x 4 int32 codes per history), and what Ray Data reads ahead of training
+collects there: the peak of ``s2gr train`` grew with the rows (benchmarks/results/speed_memory_scales.md).
+Batch scoring and ``s2gr evaluate`` still map in ``map_batches`` (``build_datasets(..., sids)``). A batch:
 
     history       int32 [B, T, L]   SID codes of the history items, oldest first, left-aligned, 0 at padding
     history_mask  bool  [B, T]      True where a real item is
@@ -10,6 +15,9 @@ ready tensors:
     target        int32 [B]         target item id (1..N)
     history_len   int32 [B]         full history length before truncation (the paper's >= 10 view)
     user_id       int32 [B]         the user (for batch scoring and the tests' disjointness check)
+
+``SidMapper.collate`` gives the same keys with ``history_ids`` int32 [B, T] (item ids, 0 at padding) in place of
+``history`` and without ``target_sids``.
 """
 from __future__ import annotations
 
@@ -60,7 +68,9 @@ def pad_histories(histories, max_history: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 class SidMapper:
-    """Callable for `map_batches` (pyarrow batches): item ids → SID tensors. Holds the [N + 1, L] table."""
+    """Item ids → SID tensors in two steps: ``collate`` (a batch of shard rows → padded item ids) and ``expand``
+    (padded ids → SID codes, through the [N + 1, L] table it holds). Calling it does both: the callable for
+    ``map_batches`` (pyarrow batches) where a dataset should carry SIDs."""
 
     def __init__(self, sids: np.ndarray, max_history: int):
         table = np.zeros((sids.shape[0] + 1, sids.shape[1]), dtype=np.int32)
@@ -70,22 +80,32 @@ class SidMapper:
 
     def __call__(self, batch) -> dict[str, np.ndarray]:
         """batch: a pyarrow Table / RecordBatch, or a dict of columns (history, target, history_len, user_id)."""
+        return self.expand(self.collate(batch))
+
+    def collate(self, batch) -> dict[str, np.ndarray]:
+        """Shard rows → history_ids int32 [B, T] (0 at padding), history_mask, target, history_len, user_id."""
         def col(name: str) -> np.ndarray:
             return np.asarray(batch[name] if isinstance(batch, dict) else batch[name].to_numpy(), dtype=np.int32)
 
         ids, mask = pad_histories(batch["history"], self.max_history)
-        target = col("target")
-        if ids.size and (ids.max() >= self.table.shape[0] or target.max() >= self.table.shape[0]):
-            raise ValueError(f"sequence shards hold item id {max(ids.max(), target.max())} but the tokenizer "
-                             f"knows {self.table.shape[0] - 1} items: shards and tokenizer come from different "
+        return {"history_ids": ids, "history_mask": mask, "target": col("target"),
+                "history_len": col("history_len"), "user_id": col("user_id")}
+
+    def expand(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """A ``collate`` batch (any rows of one) → the model's batch (module docstring): SID codes looked up."""
+        ids, target = batch["history_ids"], batch["target"]
+        top = max(int(ids.max()) if ids.size else 0, int(target.max()) if target.size else 0)
+        if top >= self.table.shape[0]:
+            raise ValueError(f"sequence shards hold item id {top} but the tokenizer knows "
+                             f"{self.table.shape[0] - 1} items: shards and tokenizer come from different "
                              "catalogs; re-run `s2gr tokenize` on this run directory")
         return {
             "history": self.table[ids],
-            "history_mask": mask,
+            "history_mask": batch["history_mask"],
             "target_sids": self.table[target],
             "target": target,
-            "history_len": col("history_len"),
-            "user_id": col("user_id"),
+            "history_len": batch["history_len"],
+            "user_id": batch["user_id"],
         }
 
 
@@ -124,15 +144,18 @@ def read_shards(files: list[str]):
             ctx.use_datasource_v2 = before
 
 
-def build_datasets(run: Path, sids: np.ndarray, max_history: int, splits=("train", "valid", "test"),
+def build_datasets(run: Path, sids: np.ndarray | None, max_history: int, splits=("train", "valid", "test"),
                    max_rows: dict[str, int] | None = None, shuffle_seed: int | None = None) -> dict:
-    """Ray datasets per split, lazily streaming parquet → SID tensors. Nothing is read until iteration.
-    ``shuffle_seed`` (train.shuffle = global): the train split is fully shuffled on every execution (every epoch),
-    a new permutation each time, the sequence of permutations fixed by the seed."""
+    """Ray datasets per split, lazily streaming the parquet shards. Nothing is read until iteration.
+    ``sids`` None (training): the shard rows as stored (user_id, history, target, history_len), for
+    ``train_batches`` / ``eval_batches`` to collate with a ``SidMapper`` in the worker; an [N, L] SID table: each
+    batch mapped to SID tensors in ``map_batches`` (the module docstring's batch). ``shuffle_seed`` (train.shuffle =
+    global): the train split is fully shuffled on every execution (every epoch), a new permutation each time, the
+    sequence of permutations fixed by the seed."""
     import ray.data
 
     ray.data.DataContext.get_current().enable_progress_bars = False  # our own progress lines stay readable
-    mapper = SidMapper(sids, max_history)
+    mapper = SidMapper(sids, max_history) if sids is not None else None
     out = {}
     for split in splits:
         ds = read_shards(shard_files(run, split))
@@ -141,7 +164,7 @@ def build_datasets(run: Path, sids: np.ndarray, max_history: int, splits=("train
             ds = ds.limit(max_rows[split])
         if split == "train" and shuffle_seed is not None:
             ds = ds.random_shuffle(seed=ray.data.RandomSeedConfig(int(shuffle_seed), reseed_after_execution=True))
-        out[split] = ds.map_batches(mapper, batch_format="pyarrow", batch_size=1024)
+        out[split] = ds.map_batches(mapper, batch_format="pyarrow", batch_size=1024) if mapper else ds
     return out
 
 
@@ -228,7 +251,7 @@ def local_shuffle(batches: Iterable[dict[str, np.ndarray]], batch_size: int, buf
     arrive cut into blocks or batches: Ray Data's own local shuffle draws from whole blocks, whose size depends on
     the parquet reader, the cluster's CPUs and the Ray version, so the same seed would give other batches elsewhere.
     (Which rows reach each of several workers still depends on the blocks: Ray's streaming split hands out whole
-    blocks.) Every batch must hold the same columns, each keeping its trailing shape (SidMapper pads them)."""
+    blocks.) Every batch must hold the same columns, each keeping its trailing shape (SidMapper.collate pads them)."""
     if batch_size < 1:
         raise ValueError(f"local_shuffle: batch_size must be >= 1, got {batch_size}")
     rng = np.random.default_rng(seed)
@@ -279,35 +302,43 @@ def _to_torch(batch: dict[str, np.ndarray]) -> dict[str, Any]:
     return {k: torch.from_numpy(np.require(v, requirements=["C", "W"])) for k, v in batch.items()}
 
 
+def _collated(shard, batch_size: int, mapper: SidMapper) -> Iterator[dict[str, np.ndarray]]:
+    """The shard's rows (``build_datasets`` with sids None) in batches of ``batch_size``, collated to padded ids."""
+    for table in shard.iter_batches(batch_size=batch_size, batch_format="pyarrow"):
+        if table.num_rows:
+            yield mapper.collate(table)
+
+
 def train_batches(shard, micro_batch: int, seed: int | None = None, group: int = 1, multiple: int = 1,
-                  chunks: int = 1):
-    """One epoch of training batches from a worker's shard (or a whole dataset): full micro-batches, each drawn
-    from SHUFFLE_WINDOW micro-batches' worth of rows (``local_shuffle``; ``seed`` fixes the draws; the worker derives
-    it from train.seed, the rank and the epoch), length-grouped over ``group`` micro-batches
-    (train.length_grouping; 1 = off), trimmed to each batch's longest history and, with ``chunks`` > 1
-    (train.encoder_chunks), sorted by length with ``encoder_chunks`` for the model, as torch tensors on the CPU. The
-    training worker and the speed benchmark's ingest row both use it."""
-    batches = local_shuffle(shard.iter_batches(batch_size=micro_batch, batch_format="numpy"), micro_batch,
-                            micro_batch * SHUFFLE_WINDOW, seed)
+                  chunks: int = 1, *, mapper: SidMapper):
+    """One epoch of training batches from a worker's shard (or a whole dataset) of shard rows (``build_datasets``
+    with sids None): full micro-batches, each drawn from SHUFFLE_WINDOW micro-batches' worth of rows
+    (``local_shuffle`` over the collated ids; ``seed`` fixes the draws; the worker derives it from train.seed, the
+    rank and the epoch), length-grouped over ``group`` micro-batches (train.length_grouping; 1 = off), mapped to
+    SIDs by ``mapper``, trimmed to each batch's longest history and, with ``chunks`` > 1 (train.encoder_chunks),
+    sorted by length with ``encoder_chunks`` for the model, as torch tensors on the CPU. The training worker and
+    the speed benchmark's ingest row both use it."""
+    batches = local_shuffle(_collated(shard, micro_batch, mapper), micro_batch, micro_batch * SHUFFLE_WINDOW, seed)
     if group > 1:
         batches = length_grouped(batches, group, seed)
     for b in batches:
-        yield _to_torch(length_chunks(trim_history(b, multiple), chunks))
+        yield _to_torch(length_chunks(trim_history(mapper.expand(b), multiple), chunks))
 
 
-def eval_batches(shard, batch_size: int, group: int = 1, part: tuple[int, int] = (0, 1)):
-    """Evaluation batches (every row once, no shuffle): length-grouped over ``group`` batches and trimmed, as torch
-    tensors. Metric sums do not depend on which users share a batch. ``part`` (rank, world): only the users with
-    user_id % world == rank, so workers that each read the whole split evaluate disjoint users that cover it all
-    (Ray's equal streaming split would drop the remainder rows)."""
-    batches = shard.iter_batches(batch_size=batch_size, batch_format="numpy")
+def eval_batches(shard, batch_size: int, group: int = 1, part: tuple[int, int] = (0, 1), *, mapper: SidMapper):
+    """Evaluation batches of shard rows (every row once, no shuffle), collated and mapped by ``mapper``:
+    length-grouped over ``group`` batches and trimmed, as torch tensors. Metric sums do not depend on which users
+    share a batch. ``part`` (rank, world): only the users with user_id % world == rank, so workers that each read
+    the whole split evaluate disjoint users that cover it all (Ray's equal streaming split would drop the remainder
+    rows)."""
+    batches = _collated(shard, batch_size, mapper)
     rank, world = part
     if world > 1:
         batches = _rows_of_part(batches, rank, world)
     if group > 1:
         batches = length_grouped(batches, group, 0)
     for b in batches:
-        yield _to_torch(trim_history(b))
+        yield _to_torch(trim_history(mapper.expand(b)))
 
 
 # a worker keeps its share of the validation split in memory up to this size (S2GR_EVAL_KEEP_BYTES: 0 = read it

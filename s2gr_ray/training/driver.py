@@ -230,7 +230,9 @@ def train_stage(cfg: Config, run: Path, log: Callable[[str], None] = print, call
 
     storage = storage_root(cfg, run)
     max_rows = {"valid": cfg.eval.valid_users or cfg.eval.max_users, "test": cfg.eval.max_users}
-    datasets = build_datasets(run, tok["sids"], cfg.data.max_history, max_rows=max_rows,
+    # the shard rows as stored: each worker maps them to SIDs (data_pipeline.SidMapper), so what Ray Data reads ahead
+    # of training holds ids, not padded SID codes
+    datasets = build_datasets(run, None, cfg.data.max_history, max_rows=max_rows,
                               shuffle_seed=global_shuffle_seed(cfg, storage))
     report = artifacts.read_json(artifacts.tokenizer_dir(run) / "report.json") \
         if (artifacts.tokenizer_dir(run) / "report.json").exists() else {}

@@ -43,7 +43,8 @@ def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str
 
 class TimedIter:
     """Iterates ``items`` and adds the seconds each next() took to ``seconds``: how long the training loop waited
-    for its batches (Ray Data's delivery, then the local shuffle and the batch layout, done in the loop's thread)."""
+    for its batches (Ray Data's delivery, then the collation, the local shuffle, the SID lookup and the batch layout,
+    done in the loop's thread)."""
 
     def __init__(self, items: Iterable[Any]) -> None:
         self._it, self.seconds = iter(items), 0.0
@@ -130,12 +131,13 @@ def build_model(cfg, tok: dict[str, Any]):
                 [torch.tensor(np.asarray(m)) for m in tok["code_to_cluster"]], max_history=cfg.data.max_history)
 
 
-def shard_eval_batches(shard, batch_size: int, share: tuple[int, int] = (0, 1)):
-    """This worker's share of an evaluation split, as batches: every worker reads the whole split (the driver does
-    not split valid/test) and keeps the users with user_id % world == rank (``share`` = (rank, world))."""
+def shard_eval_batches(shard, batch_size: int, mapper, share: tuple[int, int] = (0, 1)):
+    """This worker's share of an evaluation split, as batches mapped to SIDs by ``mapper`` (data_pipeline.SidMapper):
+    every worker reads the whole split (the driver does not split valid/test) and keeps the users with
+    user_id % world == rank (``share`` = (rank, world))."""
     from s2gr_ray.training.data_pipeline import EVAL_GROUP, eval_batches
 
-    return eval_batches(shard, batch_size, EVAL_GROUP, share)
+    return eval_batches(shard, batch_size, EVAL_GROUP, share, mapper=mapper)
 
 
 def evaluate_shard(model, batches, trie, cfg, device) -> dict[str, float]:
@@ -228,7 +230,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     from s2gr_ray.config import config_from_dict
     from s2gr_ray.evaluation.trie import PrefixTrie
     from s2gr_ray.training.engine import make_engine, micro_batch_size
-    from s2gr_ray.training.data_pipeline import (EpochStream, KeptBatches, encoder_chunks, shuffle_seed,
+    from s2gr_ray.training.data_pipeline import (EpochStream, KeptBatches, SidMapper, encoder_chunks, shuffle_seed,
                                                  train_batches)
 
     quiet_report_log()
@@ -248,14 +250,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         steps_per_epoch = min(steps_per_epoch, cfg.train.max_steps_per_epoch)
     train_shard = ray.train.get_dataset_shard("train")
     valid_shard = ray.train.get_dataset_shard("valid")
+    mapper = SidMapper(np.asarray(tok["sids"]), cfg.data.max_history)  # the shards' rows -> SID batches, here
     # read through Ray Data at the first validation, replayed from memory after (the same users every epoch)
-    valid_batches = KeptBatches(lambda: shard_eval_batches(valid_shard, cfg.eval.batch_size, (rank, world)))
+    valid_batches = KeptBatches(lambda: shard_eval_batches(valid_shard, cfg.eval.batch_size, mapper, (rank, world)))
 
     def epoch_stream(epoch: int) -> EpochStream:  # starts the epoch's Ray Data stream now, in the background
         return EpochStream(lambda: train_batches(train_shard, micro, shuffle_seed(cfg.train.seed, epoch, rank),
                                                  group=cfg.train.length_grouping,
                                                  multiple=COMPILED_WIDTH if cfg.train.compile else 1,
-                                                 chunks=encoder_chunks(cfg.train)))
+                                                 chunks=encoder_chunks(cfg.train), mapper=mapper))
 
     state = {"epoch": 0, "best": -1.0, "best_epoch": -1, "bad_epochs": 0, "stopped_early": False, "history": []}
     ckpt = ray.train.get_checkpoint()
@@ -424,7 +427,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         best_state = engine.state_dict_for_export()
     eval_model.load_state_dict(best_state)
     test_shard = ray.train.get_dataset_shard("test")
-    test_batches = shard_eval_batches(test_shard, cfg.eval.batch_size, (rank, world))
+    test_batches = shard_eval_batches(test_shard, cfg.eval.batch_size, mapper, (rank, world))
     test = finalize(all_reduce_sums(evaluate_shard(eval_model, test_batches, trie, cfg, device), keys, device), cfg)
     best_valid = state.get("best_valid") or {"all": {monitor: state["best"]}, "hist": {}}
     # the last epoch's train/* terms ride along: a sweep on metric train/loss needs it in every report (Ray Tune

@@ -180,25 +180,31 @@ def test_length_grouping_and_encoder_chunks_settings():
         load_config(None, ["train.encoder_chunks=-1"])
 
 
-def test_ray_data_batches_are_grouped_trimmed_and_complete(ray_session, tmp_path):
+def _ragged_shards(folder, n=1000, files=4, seed=0):
     import pyarrow as pa
     import pyarrow.parquet as pq
-    import ray.data
 
-    from s2gr_ray.training.data_pipeline import SidMapper, eval_batches, train_batches
-
-    rng = np.random.default_rng(0)
-    n, lengths = 1000, rng.integers(1, 21, size=1000)
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(1, 21, size=n)
     table = pa.table({"user_id": np.arange(n, dtype=np.int32),
                       "history": [rng.integers(1, 51, size=k).tolist() for k in lengths],
                       "target": rng.integers(1, 51, size=n).astype(np.int32),
                       "history_len": lengths.astype(np.int32)})
-    for i in range(4):
-        pq.write_table(table.slice(i * 250, 250), tmp_path / f"part-{i:05d}.parquet")
-    sids = rng.integers(0, 8, size=(50, 4)).astype(np.int32)
-    ds = ray.data.read_parquet(str(tmp_path)).map_batches(SidMapper(sids, 20), batch_format="pyarrow",
-                                                          batch_size=100)
-    out = list(train_batches(ds, 32, seed=7, group=8, chunks=4))
+    for i in range(files):
+        pq.write_table(table.slice(i * n // files, n // files), folder / f"part-{i:05d}.parquet")
+    return lengths, rng.integers(0, 8, size=(50, 4)).astype(np.int32)
+
+
+def test_ray_data_batches_are_grouped_trimmed_and_complete(ray_session, tmp_path):
+    import ray.data
+
+    from s2gr_ray.training.data_pipeline import SidMapper, eval_batches, train_batches
+
+    n = 1000
+    lengths, sids = _ragged_shards(tmp_path, n)
+    mapper = SidMapper(sids, 20)
+    ds = ray.data.read_parquet(str(tmp_path))  # the shard rows, as build_datasets streams them to training
+    out = list(train_batches(ds, 32, seed=7, group=8, chunks=4, mapper=mapper))
     assert len(out) == n // 32 and all(len(b["target"]) == 32 for b in out)  # drop_last as before
     assert len(np.unique(np.concatenate([b["user_id"].numpy() for b in out]))) == (n // 32) * 32
     widths = [b["history"].shape[1] for b in out]
@@ -210,8 +216,45 @@ def test_ray_data_batches_are_grouped_trimmed_and_complete(ray_session, tmp_path
         assert np.array_equal(b["history_mask"].sum(1).numpy(), np.minimum(lengths[users], 20))
         assert b["encoder_chunks"].shape == (4, 2) and int(b["encoder_chunks"][-1, 0]) == 32
         assert list(b["history_mask"].sum(1).numpy()) == sorted(b["history_mask"].sum(1).numpy())
-    evals = list(eval_batches(ds, 64, group=4))
+    evals = list(eval_batches(ds, 64, group=4, mapper=mapper))
     assert np.array_equal(np.sort(np.concatenate([b["user_id"].numpy() for b in evals])), np.arange(n))
+
+
+@pytest.mark.parametrize("group", [1, 8])
+def test_worker_side_mapping_gives_the_batches_of_mapping_in_ray_data(ray_session, tmp_path, group):
+    """Training streams the shard rows and maps them to SIDs in the worker (after the local shuffle); the batches
+    are exactly those of mapping every row in Ray Data's map_batches first and shuffling the mapped rows (the
+    pipeline before), so training and its results do not change."""
+    import ray.data
+
+    from s2gr_ray.training.data_pipeline import (SHUFFLE_WINDOW, SidMapper, _rows_of_part, eval_batches,
+                                                 length_chunks, length_grouped, local_shuffle, train_batches,
+                                                 trim_history)
+
+    _, sids = _ragged_shards(tmp_path, 1000)
+    mapper = SidMapper(sids, 20)
+    rows = ray.data.read_parquet(str(tmp_path))
+    mapped = rows.map_batches(mapper, batch_format="pyarrow", batch_size=100)
+    for ds in (rows, mapped):  # as the driver's ingest options set it: both streams see the rows in file order
+        ds.context.execution_options.preserve_order = True
+    got = list(train_batches(rows, 32, seed=3, group=group, chunks=4, mapper=mapper))
+    before = local_shuffle(mapped.iter_batches(batch_size=32, batch_format="numpy"), 32, 32 * SHUFFLE_WINDOW, 3)
+    if group > 1:
+        before = length_grouped(before, group, 3)
+    want = [length_chunks(trim_history(b), 4) for b in before]
+    assert len(got) == len(want) == 1000 // 32
+    for g, w in zip(got, want):
+        assert sorted(g) == sorted(w)
+        for key in w:
+            assert np.array_equal(g[key].numpy(), w[key]), key
+    evals = list(eval_batches(rows, 64, group=4, part=(1, 3), mapper=mapper))
+    want = [trim_history(b) for b in length_grouped(
+        _rows_of_part(mapped.iter_batches(batch_size=64, batch_format="numpy"), 1, 3), 4, 0)]
+    assert len(evals) == len(want)
+    for g, w in zip(evals, want):
+        for key in w:
+            assert np.array_equal(g[key].numpy(), w[key]), key
+    assert np.array_equal(np.sort(np.concatenate([b["user_id"].numpy() for b in evals])), np.arange(1, 1000, 3))
 
 
 def test_global_shuffle_permutes_the_training_rows_anew_each_epoch_fixed_by_the_seed(ray_session, tmp_path):
@@ -232,10 +275,9 @@ def test_global_shuffle_permutes_the_training_rows_anew_each_epoch_fixed_by_the_
             pq.write_table(pa.table({"user_id": rows, "history": [[1, 2]] * len(rows),
                                      "target": rng.integers(1, 9, size=len(rows)).astype(np.int32),
                                      "history_len": np.full(len(rows), 2, np.int32)}), folder / f"part-{i:05d}.parquet")
-    sids = rng.integers(0, 4, size=(9, 3)).astype(np.int32)
 
     def epochs(seed, count=2, split="train"):
-        ds = build_datasets(tmp_path, sids, 20, splits=(split,), shuffle_seed=seed)[split]
+        ds = build_datasets(tmp_path, None, 20, splits=(split,), shuffle_seed=seed)[split]  # as training
         ds.context.execution_options.preserve_order = True  # as the driver's ingest options set it
         it = ds.streaming_split(1, equal=True)[0]  # what Ray Train hands a worker, executed once per epoch
         return [np.concatenate([b["user_id"] for b in it.iter_batches(batch_size=128, batch_format="numpy")])

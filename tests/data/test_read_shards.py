@@ -42,10 +42,10 @@ def test_epochs_do_not_start_footer_reading_actors(ray_session, tmp_path, monkey
     monkeypatch.setattr(ray.data.DataContext.get_current(), "use_datasource_v2", True)
     if ray_v2:
         monkeypatch.setenv("RAY_DATA_USE_DATASOURCE_V2", "1")
-    sids = _write_run(tmp_path)
+    _write_run(tmp_path)
     before = _footer_reader_actors(ray_session)
     flag = ray.data.DataContext.get_current().use_datasource_v2
-    ds = build_datasets(tmp_path, sids, 20, splits=("train",))["train"]
+    ds = build_datasets(tmp_path, None, 20, splits=("train",))["train"]  # the shard rows, as training
     assert ray.data.DataContext.get_current().use_datasource_v2 == flag  # the driver's context is left as it was
     ds.context.execution_options.preserve_order = True  # as the driver's ingest options set it
     it = ds.streaming_split(1, equal=True)[0]  # what Ray Train hands a worker, executed once per epoch
@@ -64,7 +64,7 @@ def test_training_batches_do_not_depend_on_the_reader_or_its_blocks(ray_session,
     batches from both (Ray Data's own local shuffle, drawing from whole blocks, did not)."""
     import ray.data
 
-    from s2gr_ray.training.data_pipeline import build_datasets, train_batches
+    from s2gr_ray.training.data_pipeline import SidMapper, build_datasets, train_batches
 
     if not hasattr(ray.data.DataContext.get_current(), "use_datasource_v2"):
         pytest.skip("this Ray has one parquet path only")
@@ -73,9 +73,9 @@ def test_training_batches_do_not_depend_on_the_reader_or_its_blocks(ray_session,
     sids = _write_run(tmp_path, n=3000, files=1)  # one file: the file-based reader cuts it into several blocks
 
     def epoch(seed):
-        ds = build_datasets(tmp_path, sids, 20, splits=("train",))["train"]
+        ds = build_datasets(tmp_path, None, 20, splits=("train",))["train"]  # the shard rows, as training reads them
         ds.context.execution_options.preserve_order = True
-        return [b["user_id"].tolist() for b in train_batches(ds, 32, seed=seed)]
+        return [b["user_id"].tolist() for b in train_batches(ds, 32, seed=seed, mapper=SidMapper(sids, 20))]
 
     default = epoch(5)
     assert len(default) == 3000 // 32 and len({u for b in default for u in b}) == 32 * (3000 // 32)
